@@ -1,0 +1,74 @@
+"""The task contract. A task turns documents into requests and scores the answers; it never sees the model.
+
+    docs = task.load_docs(opts)                          # evaluated split, dataset order (doc_id = position)
+    reqs = task.requests(doc_id, doc, opts)              # list of LoglikelihoodRequest | GenerationRequest
+    metrics = task.score(doc, reqs, results, opts)       # per-doc {metric: value}
+    record = task.record(doc, reqs, results, opts)       # extra fields for samples_<task>.jsonl
+
+The runner (`evaluation/runner.py`) batches all requests of one kind across documents, sends them to a
+`Backend`, then aggregates per-doc metrics (mean + stderr unless the task's `aggregations` says otherwise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Protocol, Sequence
+
+from layerprune.evaluation.requests import (
+    GenerationRequest,
+    GenerationResult,
+    LoglikelihoodRequest,
+    LoglikelihoodResult,
+)
+
+Request = LoglikelihoodRequest | GenerationRequest
+Result = LoglikelihoodResult | GenerationResult
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """Per-run options a task may read; None means "the task's own default" (lm-eval's)."""
+
+    data_dir: Path | None = None
+    num_fewshot: int | None = None
+    limit: int | None = None
+    seed: int = 1234
+    chat_template: bool = False
+    system_prompt: str | None = None
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    num_samples: int = 1
+    # Set by the runner when chat_template is on: renders chat messages [{role, content}] to the prompt
+    # string (the tokenizer's template, generation prompt added). Not an option a user passes.
+    chat_renderer: Callable[[list[dict[str, str]]], str] | None = field(default=None, compare=False, repr=False)
+
+
+class Task(Protocol):
+    name: str
+    kind: Literal["classification", "generative"]
+
+    def load_docs(self, opts: TaskOptions) -> list[dict[str, Any]]: ...
+
+    def requests(self, doc_id: int, doc: dict[str, Any], opts: TaskOptions) -> list[Request]: ...
+
+    def score(
+        self, doc: dict[str, Any], requests: Sequence[Request], results: Sequence[Result], opts: TaskOptions
+    ) -> dict[str, float]: ...
+
+    def record(
+        self, doc: dict[str, Any], requests: Sequence[Request], results: Sequence[Result], opts: TaskOptions
+    ) -> dict[str, Any]: ...
+
+
+@dataclass
+class TaskGroup:
+    """Tasks reported together under one name (lm-eval's `group`): each member is scored on its own and
+    the group's metric is the mean over members, weighted by their document counts when weight_by_size."""
+
+    name: str
+    tasks: list[Task]
+    metrics: tuple[str, ...] = ("acc",)
+    weight_by_size: bool = True

@@ -1,0 +1,83 @@
+"""`prune`: load a model, remove layers, save a plain HF checkpoint plus `pruning.json` (provenance).
+
+    from layerprune import prune
+    record = prune("path/to/model", drop="1,4-5", out="pruned/")
+
+`pruning.json` holds the source (path or id, fingerprint, layer count), `removed` and `kept` in the *original*
+model's numbering (composed through an earlier `pruning.json` when pruning a pruned model), the method that
+chose them, versions and time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from layerprune.errors import UsageError
+from layerprune.families import num_layers
+from layerprune.loading import load_config, load_model
+from layerprune.provenance import atomic_dir, check_out_dir, fingerprint_source, now, read_json, versions, write_json
+from layerprune.surgery import parse_drop_spec, remove_layers, validate_drop
+
+PRUNING_FILE = "pruning.json"
+
+
+def prune(
+    model: str,
+    drop: str | Iterable[int],
+    out: str | Path,
+    overwrite: bool = False,
+    dtype: str | None = None,
+    device: str = "cpu",
+    method: str = "manual",
+    scores: dict[str, Any] | None = None,
+    trust_remote_code: bool = False,
+) -> dict[str, Any]:
+    """Remove `drop` (spec string like "3,5-7" or indices) from `model` and save it to `out`; return the record."""
+    check_out_dir(out, overwrite)  # fail before loading weights
+    n = num_layers(load_config(model, trust_remote_code))
+    drop = parse_drop_spec(drop, n) if isinstance(drop, str) else validate_drop(drop, n)
+    net, tokenizer = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    kept = remove_layers(net, drop)
+    record = _record(model, net, drop, kept, n, method, scores)
+    with atomic_dir(out, overwrite) as tmp:
+        net.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        write_json(tmp / PRUNING_FILE, record)
+    return record
+
+
+def _record(model: str, net, drop: list[int], kept: list[int], n: int, method: str, scores) -> dict[str, Any]:
+    parent = _parent_record(model)
+    removed, kept_orig = drop, kept
+    if parent:  # express indices in the numbering of the model that was pruned first
+        prev = parent["kept"]
+        removed = sorted(parent["removed"] + [prev[i] for i in drop])
+        kept_orig = [prev[i] for i in kept]
+    record = {
+        "format": "layerprune.pruning/1",
+        "source": {"model": model, "fingerprint": fingerprint_source(model, net), "num_layers": n},
+        "original_num_layers": parent["original_num_layers"] if parent else n,
+        "removed": removed,
+        "kept": kept_orig,
+        "num_layers": len(kept),
+        "method": method,
+        "versions": versions(),
+        "created": now(),
+    }
+    if scores is not None:
+        record["scores"] = scores
+    if parent:
+        record["parent"] = parent
+    return record
+
+
+def _parent_record(model: str) -> dict[str, Any] | None:
+    path = Path(model).expanduser() / PRUNING_FILE
+    if not path.is_file():
+        return None
+    try:
+        return read_json(path)
+    except ValueError as err:
+        raise UsageError(f"{path} is not valid JSON ({err}); remove or fix it") from None
