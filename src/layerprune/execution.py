@@ -1,0 +1,361 @@
+"""Run untrusted, model-written Python programs and classify the outcome.
+
+Execution model (after openai/human-eval, but one fresh interpreter per program):
+
+* Each program runs in its own `python -I` subprocess (no user site, no PYTHON* variables, script
+  directory not on sys.path) in a new session, so the whole process group can be SIGKILLed on
+  timeout. Its working directory, HOME and TMPDIR are a fresh temporary directory; everything the
+  run created is removed afterwards, whatever happened.
+* This file is also the child script: `python -I execution.py ...` runs `_child_main`, which sets
+  resource limits (RLIMIT_AS = memory_mb, RLIMIT_CPU = ceil(timeout) + 1 s, RLIMIT_FSIZE = 8 MiB
+  per file, RLIMIT_NPROC = 0 so no processes or threads for non-root, RLIMIT_CORE = 0,
+  RLIMIT_NOFILE = 64), installs a guard that disables destructive calls, then compiles and
+  `exec`s the program as `__main__`. stdin is empty.
+* stdout and stderr go to one file capped by RLIMIT_FSIZE; the parent reads only its last few KB.
+* The child reports its outcome on a private file descriptor, prefixed with a random sentinel that
+  only the harness knows. A run is "passed" only when that report says the program ran to the end
+  and the exit code is 0. So `exit(0)`, `sys.exit(0)` or `os._exit(0)` before the asserts is a
+  failure ("SystemExit: 0"), never a pass.
+
+Guard decisions (inside the child, before the program runs):
+* disabled (raise PermissionError): os.kill/killpg, os.system/popen, os.fork/forkpty, os.exec*,
+  os.spawn*, os.posix_spawn*, os.setsid/setpgid, os.chroot, os.chown family, os.symlink/link,
+  os.truncate, subprocess.Popen (and so run/call/check_output), _posixsubprocess.fork_exec,
+  shutil.rmtree/chown, resource.setrlimit/prlimit;
+* confined to the working directory (PermissionError outside it): open/io.open/os.open for writing,
+  os.remove/unlink/rmdir/rename/replace/mkdir/chmod (also makedirs, removedirs, pathlib);
+* exit()/quit()/sys.exit() raise SystemExit as usual and os._exit raises SystemExit too; the
+  harness catches it and records a failure.
+
+This is containment of accidents, not a security boundary: code that uses ctypes can undo the
+guard, when the evaluator runs as root RLIMIT_NPROC is not enforced by the kernel (fork is
+still blocked by the guard, and any escaped process in the group is killed at the end), and a
+program may write many 8 MiB files inside its directory until it times out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterable
+
+_FILE_LIMIT = 8 * 2**20  # RLIMIT_FSIZE: no file the program writes (stdout included) exceeds 8 MiB
+_TAIL_BYTES = 4096  # how much of the output and of the report the parent reads back
+_MESSAGE_CHARS = 300
+
+# Substrings that make a syntax error a "Bracket-Syntax" error (seed paper, all_viz.ipynb).
+# "does not match opening parenthesis" is covered by "opening parenthesis".
+_BRACKET_MARKERS = (
+    "was never closed",
+    "opening parenthesis",
+    "unmatched ')'",
+    "unmatched '}'",
+    "unmatched ']'",
+)
+# Every non-None error_class of ExecutionResult, in the seed paper's plotting order.
+ERROR_CLASSES = ("assertion", "bracket_syntax", "other_syntax", "name_error", "runtime_error", "timeout")
+_SYNTAX_ERRORS = ("SyntaxError", "IndentationError", "TabError")
+_NAME_ERRORS = ("NameError", "UnboundLocalError")
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    """Outcome of one program.
+
+    status: "passed" | "failed" | "timeout".
+    error_class: None (passed) | "assertion" | "bracket_syntax" | "other_syntax" | "name_error" |
+        "runtime_error" | "timeout".
+    message: last line of the error, e.g. "SyntaxError: '(' was never closed" ("" when passed).
+    duration: wall-clock seconds of the subprocess.
+    """
+
+    status: str
+    error_class: str | None
+    message: str
+    duration: float
+
+
+def classify_error(message: str) -> str:
+    """Map the last line of an error ("ExcName: text") to an error class of `ExecutionResult`."""
+    name = message.split(":", 1)[0].strip()
+    if name in _SYNTAX_ERRORS:
+        bracket = any(marker in message for marker in _BRACKET_MARKERS)
+        return "bracket_syntax" if bracket else "other_syntax"
+    if name in _NAME_ERRORS:
+        return "name_error"
+    if name == "AssertionError":
+        return "assertion"
+    return "runtime_error"
+
+
+def run_program(program: str, timeout: float = 10.0, memory_mb: int = 1024) -> ExecutionResult:
+    """Run `program` in a fresh sandboxed interpreter; see the module docstring for the model.
+
+    >>> run_program("assert 1 + 1 == 2").status
+    'passed'
+    """
+    _check_limits(timeout, memory_mb)
+    root = tempfile.mkdtemp(prefix="layerprune-exec-")
+    try:
+        return _run_in(root, program, timeout, memory_mb)
+    finally:
+        _remove_tree(root)
+
+
+def run_programs(
+    programs: Iterable[str], timeout: float = 10.0, workers: int = 2, memory_mb: int = 1024
+) -> list[ExecutionResult]:
+    """Run several programs, `workers` subprocesses at a time; results keep the input order."""
+    programs = list(programs)
+    _check_limits(timeout, memory_mb)
+    if workers < 1:
+        from layerprune.errors import UsageError  # see _check_limits for why this import is local
+
+        raise UsageError(f"workers must be >= 1, got {workers}; pass a positive worker count")
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda p: run_program(p, timeout, memory_mb), programs))
+
+
+def _check_limits(timeout: float, memory_mb: int) -> None:
+    # Imported here, not at the top: this file is also the child script, which runs under
+    # `python -I` and must not import the package (its __init__ pulls in torch).
+    from layerprune.errors import UsageError
+
+    if not timeout > 0:
+        raise UsageError(f"timeout must be > 0 seconds, got {timeout}; pass e.g. timeout=10")
+    if memory_mb < 64:
+        raise UsageError(f"memory_mb must be >= 64, got {memory_mb}; pass e.g. memory_mb=1024")
+
+
+def _run_in(root: str, program: str, timeout: float, memory_mb: int) -> ExecutionResult:
+    work = os.path.join(root, "work")
+    os.mkdir(work, 0o700)
+    sentinel = secrets.token_hex(16)
+    input_path = os.path.join(root, "input.json")
+    with open(input_path, "w", encoding="utf-8") as f:
+        json.dump({"sentinel": sentinel, "program": program}, f)
+    cpu_seconds = math.ceil(timeout) + 1
+    env = {
+        "PATH": os.defpath, "HOME": work, "TMPDIR": work, "LC_ALL": "C.UTF-8",
+        "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+    }  # fmt: skip
+    with (
+        open(input_path, "rb") as stdin,
+        open(os.path.join(root, "output"), "w+b") as output,
+        open(os.path.join(root, "report"), "w+b") as report,
+    ):
+        # pass_fds keeps the report's descriptor number in the child, which learns it from argv
+        args = (input_path, memory_mb, cpu_seconds, report.fileno())
+        cmd = [sys.executable, "-I", os.path.abspath(__file__), *map(str, args)]
+        start = time.monotonic()
+        proc = subprocess.Popen(
+            cmd, cwd=work, env=env, stdin=stdin, stdout=output, stderr=subprocess.STDOUT,
+            pass_fds=(report.fileno(),), start_new_session=True,
+        )  # fmt: skip
+        try:
+            finished = _wait_unreaped(proc.pid, timeout)
+            duration = time.monotonic() - start
+        finally:  # also on KeyboardInterrupt: no program outlives its run
+            _kill_group(proc.pid)  # the zombie leader still holds the pgid, so it cannot be reused
+            returncode = proc.wait()
+        outcome = _read_report(report, sentinel)
+        tail = _read_tail(output)
+    return _result(finished, returncode, outcome, tail, timeout, duration)
+
+
+def _wait_unreaped(pid: int, timeout: float) -> bool:
+    """Wait until `pid` exits or `timeout` passes, leaving it a zombie (WNOWAIT). True if it exited."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is None:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(2 * delay, 0.02)
+    return True
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _read_report(report, sentinel: str) -> dict | None:
+    report.seek(0)
+    line = report.read(_TAIL_BYTES).decode("utf-8", "replace")
+    if not line.startswith(sentinel + " "):
+        return None
+    try:
+        return json.loads(line[len(sentinel) + 1 :])
+    except json.JSONDecodeError:
+        return None
+
+
+def _read_tail(output) -> str:
+    size = output.seek(0, os.SEEK_END)
+    output.seek(max(0, size - _TAIL_BYTES))
+    return output.read().decode("utf-8", "replace")
+
+
+def _result(finished, returncode, outcome, tail, timeout, duration) -> ExecutionResult:
+    if not finished or returncode == -signal.SIGXCPU:
+        return ExecutionResult("timeout", "timeout", f"timed out after {timeout:g} s", duration)
+    if outcome is not None and outcome["ok"] and returncode == 0:
+        return ExecutionResult("passed", None, "", duration)
+    if outcome is not None and not outcome["ok"]:
+        message = outcome["message"]
+    else:
+        message = _fallback_message(returncode, tail)
+    message = message[:_MESSAGE_CHARS]
+    return ExecutionResult("failed", classify_error(message), message, duration)
+
+
+def _fallback_message(returncode: int, tail: str) -> str:
+    """Message for a child that did not report: killed by a signal, os._exit via ctypes, ..."""
+    if returncode < 0:
+        try:
+            return f"Killed: signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"Killed: signal {-returncode}"
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    if returncode != 0 and lines:
+        return lines[-1]
+    return f"Exited: code {returncode} before the program finished"
+
+
+def _remove_tree(root: str) -> None:
+    # Make every directory writable first, so a program's chmod 000 cannot block the cleanup.
+    for dirpath, dirnames, _ in os.walk(root):
+        for name in dirnames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o700)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+# ----------------------------------------------------------------- child side (runs under -I)
+
+
+def _child_main(input_path: str, memory_mb: int, cpu_seconds: int, report_fd: int) -> None:
+    real_exit = os._exit
+    payload = json.loads(sys.stdin.buffer.read())
+    os.unlink(input_path)  # the sentinel must not stay readable
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)  # input() sees EOF
+    _set_limits(memory_mb, cpu_seconds)
+    _install_guard(os.getcwd())
+    report = _run_guarded(payload["program"])
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # the program may have closed or replaced it
+            pass
+    try:
+        os.write(report_fd, f"{payload['sentinel']} {json.dumps(report)}\n".encode())
+    except OSError:
+        real_exit(70)
+    real_exit(0 if report["ok"] else 1)  # skip atexit hooks and non-daemon threads of the program
+
+
+def _run_guarded(program: str) -> dict:
+    import traceback
+    import types
+
+    main = types.ModuleType("__main__")
+    sys.modules["__main__"] = main
+    try:
+        exec(compile(program, "program.py", "exec"), main.__dict__)
+    except BaseException as exc:  # SystemExit included: exiting early is a failure
+        main.__dict__.clear()  # free the program's memory before formatting (MemoryError)
+        lines = traceback.format_exception_only(type(exc), exc)
+        last = lines[-1].strip() if lines else type(exc).__name__
+        return {"ok": False, "message": last[:_MESSAGE_CHARS]}
+    return {"ok": True}
+
+
+def _set_limits(memory_mb: int, cpu_seconds: int) -> None:
+    memory = memory_mb * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (_FILE_LIMIT, _FILE_LIMIT))
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # no fork, no threads (ignored for root)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+
+def _install_guard(workdir: str) -> None:
+    import _posixsubprocess
+    import builtins
+    import io
+
+    def inside(path) -> bool:
+        if isinstance(path, int):  # an already-open file descriptor
+            return True
+        real = os.path.realpath(os.fsdecode(os.fspath(path)))
+        return real == workdir or real.startswith(workdir + os.sep)
+
+    def denied(name):
+        def blocked(*args, **kwargs):
+            raise PermissionError(f"{name} is disabled in the layerprune sandbox")
+
+        return blocked
+
+    def confined(func, name, n_paths=1):
+        def guarded(*args, **kwargs):
+            dir_fds = [v for k, v in kwargs.items() if k.endswith("dir_fd") and v is not None]
+            if dir_fds or not all(inside(p) for p in args[:n_paths]):
+                raise PermissionError(f"{name} outside the working directory is not allowed")
+            return func(*args, **kwargs)
+
+        return guarded
+
+    real_open, real_os_open = builtins.open, os.open
+    writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+    def guarded_open(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax+") and not inside(file):
+            raise PermissionError(f"writing {file!r} outside the working directory is not allowed")
+        return real_open(file, mode, *args, **kwargs)
+
+    def guarded_os_open(path, flags, *args, **kwargs):
+        if flags & writing and (kwargs.get("dir_fd") is not None or not inside(path)):
+            raise PermissionError(f"writing {path!r} outside the working directory is not allowed")
+        return real_os_open(path, flags, *args, **kwargs)
+
+    builtins.open = io.open = guarded_open
+    os.open = guarded_os_open
+    for name in ("remove", "unlink", "rmdir", "mkdir", "chmod"):
+        setattr(os, name, confined(getattr(os, name), f"os.{name}"))
+    for name in ("rename", "replace"):
+        setattr(os, name, confined(getattr(os, name), f"os.{name}", n_paths=2))
+    blocked = [n for n in dir(os) if n.startswith(("exec", "spawn", "posix_spawn"))]
+    blocked += ["kill", "killpg", "system", "popen", "fork", "forkpty", "setsid", "setpgid"]
+    blocked += ["chroot", "chown", "lchown", "fchown", "symlink", "link", "truncate"]
+    for name in blocked:
+        if hasattr(os, name):
+            setattr(os, name, denied(f"os.{name}"))
+    def early_exit(code=0):
+        raise SystemExit(code)
+
+    os._exit = early_exit
+    subprocess.Popen = denied("subprocess.Popen")
+    _posixsubprocess.fork_exec = denied("_posixsubprocess.fork_exec")
+    shutil.rmtree, shutil.chown = denied("shutil.rmtree"), denied("shutil.chown")
+    resource.setrlimit, resource.prlimit = denied("resource.setrlimit"), denied("resource.prlimit")
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
