@@ -2,6 +2,8 @@
 
     from layerprune import prune
     record = prune("path/to/model", drop="1,4-5", out="pruned/")
+    record = prune_scored("path/to/model", "pruned/", method="bi", num_drop=8, calibration="notes.txt")
+    record = prune_scored("path/to/model", "pruned/", scores="scores.json")   # reuse a saved score file
 
 `pruning.json` holds the source (path or id, fingerprint, layer count), `removed` and `kept` in the *original*
 model's numbering (composed through an earlier `pruning.json` when pruning a pruned model), the method that
@@ -38,6 +40,51 @@ def prune(
     n = num_layers(load_config(model, trust_remote_code))
     drop = parse_drop_spec(drop, n) if isinstance(drop, str) else validate_drop(drop, n)
     net, tokenizer = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    return _remove_and_save(model, net, tokenizer, drop, n, out, overwrite, method, scores)
+
+
+def prune_scored(
+    model: str,
+    out: str | Path,
+    method: str | None = None,
+    scores: str | Path | None = None,
+    overwrite: bool = False,
+    dtype: str | None = None,
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+    **score_kwargs: Any,
+) -> dict[str, Any]:
+    """Score `model` with `method` (kwargs as for `layerprune.scoring.score`), or reuse the scores file
+    `scores`, then remove the chosen layers and save; the scores record is copied into pruning.json."""
+    from layerprune.scoring import score
+    from layerprune.scoring.files import preflight, read_scores, with_source
+
+    if (method is None) == (scores is None):
+        raise UsageError("give exactly one of --method M or --scores scores.json")
+    check_out_dir(out, overwrite)
+    n = num_layers(load_config(model, trust_remote_code))
+    if scores is not None:
+        record = read_scores(scores)
+        _check_scored_model(record, scores, n)
+    else:
+        score_kwargs = preflight(model, method, trust_remote_code, **score_kwargs)
+    net, tokenizer = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    if scores is None:
+        record = with_source(score(net, tokenizer, method, **score_kwargs), model, net)
+    elif record["model"].get("fingerprint") not in (None, fingerprint_source(model, net)):
+        raise UsageError(f"{scores} was computed for a different model ({record['model'].get('source')}); "
+                         f"rescore {model} with `layerprune score`")
+    drop = validate_drop(record["drop"], n)
+    return _remove_and_save(model, net, tokenizer, drop, n, out, overwrite, record["method"], record)
+
+
+def _check_scored_model(record: dict[str, Any], path, n: int) -> None:
+    scored_n = record.get("model", {}).get("num_layers")
+    if scored_n != n:
+        raise UsageError(f"{path} scores a {scored_n}-layer model but this one has {n} layers; rescore it")
+
+
+def _remove_and_save(model: str, net, tokenizer, drop, n: int, out, overwrite: bool, method: str, scores):
     kept = remove_layers(net, drop)
     record = _record(model, net, drop, kept, n, method, scores)
     with atomic_dir(out, overwrite) as tmp:

@@ -1,0 +1,58 @@
+"""layerprune score MODEL --method M (--num-drop N | --ratio R) [--calibration SRC] ... --out scores.json"""
+
+from layerprune.scoring.files import score_model
+
+NAME = "score"
+HELP = "score decoder layers with a published criterion and choose which to drop (writes scores.json)"
+METHODS = "reverse, random, bi, angular, cosine_block, ppl, taylor, sleb, task_iterative"
+
+
+def add_scoring_arguments(p, required: bool = True):
+    """Options shared by `score` and `prune --method`."""
+    p.add_argument("--method", required=required, help=f"criterion: {METHODS}")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--num-drop", type=int, default=None, help="number of layers to drop")
+    size.add_argument("--ratio", type=float, default=None, help="fraction of layers to drop (rounded down, >= 1)")
+    p.add_argument("--calibration", default=None,
+                   help="calibration text: FILE.txt, FILE.jsonl (see --text-field) or hub dataset name[:config] "
+                        "(default: the method's source-paper dataset, needs a hub)")
+    p.add_argument("--text-field", default=None, help="JSONL field / dataset column holding the text (default text)")
+    p.add_argument("--split", default=None, help="hub dataset split (default: the method's anchor split)")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per calibration window (default: per method)")
+    p.add_argument("--num-samples", type=int, default=None, help="number of windows (default: per method)")
+    p.add_argument("--seed", type=int, default=None, help="seed for document order and `random` (default: per method)")
+    bos = p.add_mutually_exclusive_group()
+    bos.add_argument("--bos", dest="bos", action="store_true", default=None, help="prepend BOS to every window")
+    bos.add_argument("--no-bos", dest="bos", action="store_false", help="never prepend BOS")
+    p.add_argument("--protect", default=None,
+                   help="layers never dropped, e.g. 0,-1 or 0-3,-2,-1 or none (default: per method)")
+    p.add_argument("--post-norm", action="store_true",
+                   help="compare against the last layer's output after the final norm, as the anchors do")
+    p.add_argument("--batch-size", type=int, default=4, help="calibration windows per forward pass (default 4)")
+    p.add_argument("--tasks", default=None, help="task_iterative only: comma-separated evaluation tasks")
+    p.add_argument("--task-samples", type=int, default=None, help="task_iterative only: documents per task")
+
+
+def scoring_kwargs(args) -> dict:
+    options = {k: v for k, v in (("tasks", args.tasks), ("samples", args.task_samples)) if v is not None}
+    return dict(num_drop=args.num_drop, ratio=args.ratio, calibration=args.calibration, protected=args.protect,
+                seed=args.seed, seq_len=args.seq_len, num_samples=args.num_samples, text_field=args.text_field,
+                split=args.split, bos=args.bos, post_norm=args.post_norm, batch_size=args.batch_size,
+                options=options or None)
+
+
+def add_arguments(p):
+    p.add_argument("model", help="local model directory or hub id")
+    add_scoring_arguments(p)
+    p.add_argument("--out", required=True, help="scores file to write (JSON)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing scores file")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: the checkpoint's)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default: cpu)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code")
+
+
+def run(args) -> int:
+    rec = score_model(args.model, args.out, args.method, overwrite=args.overwrite, dtype=args.dtype,
+                      device=args.device, trust_remote_code=args.trust_remote_code, **scoring_kwargs(args))
+    print(f"{args.method}: drop {rec['drop']} of {rec['model']['num_layers']} layers; wrote {args.out}")
+    return 0

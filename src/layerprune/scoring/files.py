@@ -1,0 +1,70 @@
+"""scores.json on disk: score a saved model into a file, and read one back (for `prune --scores`).
+
+    record = score_model("path/to/model", "scores.json", method="bi", num_drop=8, calibration="notes.txt")
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from layerprune.calibration import Calibration, load_calibration
+from layerprune.errors import UsageError
+from layerprune.families import num_layers
+from layerprune.loading import load_config, load_model, load_tokenizer
+from layerprune.provenance import fingerprint_source, write_json
+
+FORMAT = "layerprune.scores/1"
+
+
+def score_model(model: str, out: str | Path, method: str, overwrite: bool = False, dtype: str | None = None,
+                device: str = "cpu", trust_remote_code: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """Load `model`, `score` it (kwargs as for `layerprune.scoring.score`) and write `out` atomically."""
+    from layerprune.scoring import score
+
+    out = Path(out)
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a directory; give a file path such as {out / 'scores.json'}")
+    if out.exists() and not overwrite:
+        raise UsageError(f"{out} exists; pass --overwrite or choose another --out")
+    kwargs = preflight(model, method, trust_remote_code, **kwargs)
+    net, tokenizer = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    record = with_source(score(net, tokenizer, method, **kwargs), model, net)
+    write_json(out, record)
+    return record
+
+
+def preflight(model: str, method: str, trust_remote_code: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """Check the method, sizes and calibration source before any weights are read (bad input fails fast);
+    returns `kwargs` with `calibration` replaced by the prepared windows."""
+    from layerprune.scoring import calibration_spec, get_scorer
+    from layerprune.scoring.selection import resolve_num_drop
+
+    scorer = get_scorer(method)
+    resolve_num_drop(num_layers(load_config(model, trust_remote_code)), kwargs.get("num_drop"), kwargs.get("ratio"))
+    if scorer.anchor is None or isinstance(kwargs.get("calibration"), Calibration):
+        return kwargs
+    fields = ("seq_len", "num_samples", "seed", "text_field", "split", "bos")
+    spec = calibration_spec(method, kwargs.get("calibration"), **{k: kwargs.get(k) for k in fields})
+    return {**kwargs, "calibration": load_calibration(load_tokenizer(model, trust_remote_code), spec)}
+
+
+def with_source(record: dict[str, Any], model: str, net) -> dict[str, Any]:
+    """The record with the model's name and fingerprint first in its `model` entry."""
+    record["model"] = {"source": model, "fingerprint": fingerprint_source(model, net), **record["model"]}
+    return record
+
+
+def read_scores(path: str | Path) -> dict[str, Any]:
+    """A scores.json written by `layerprune score`; a missing or malformed file is a UsageError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"scores file {path} does not exist; write one with `layerprune score`")
+    try:
+        record = json.loads(path.read_text())
+    except ValueError as err:
+        raise UsageError(f"{path} is not valid JSON ({err}); rescore with `layerprune score`") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("drop"), list):
+        raise UsageError(f"{path} is not a layerprune scores file; write one with `layerprune score`")
+    return record
