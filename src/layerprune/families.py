@@ -47,6 +47,9 @@ class Family:
     # Config flags that, when truthy, make a layer's computation depend on its own index, so only a suffix
     # can be removed exactly (a later layer would change behaviour once renumbered). flag → explanation.
     index_dependent: Mapping[str, str] = field(default_factory=dict)
+    # Linear modules inside a decoder layer that LoRA healing adapts: the paper's "q,k,v,o,gate,up,down" as
+    # this family names them. (Fused MoE experts are parameters, not Linear modules: they get no adapter.)
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 _SLIDING = {"layer_types": PER_LAYER}
@@ -56,15 +59,17 @@ _QWEN_MOE = {
     "decoder_sparse_step": Rule("period", into="mlp_only_layers", neutral=1),
 }
 
+_NEOX_LORA = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
+
 FAMILIES: dict[str, Family] = {
     "llama": Family(),
     "mistral": Family(),
     "mixtral": Family(),
     "gemma": Family(),
-    "phi3": Family(),
+    "phi3": Family(lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj")),
     "olmo2": Family(),
     "granite": Family(),
-    "starcoder2": Family(),
+    "starcoder2": Family(lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "c_fc", "c_proj")),
     # qwen2/qwen3: sliding iff use_sliding_window and i >= max_window_layers (materialized in layer_types).
     "qwen2": Family(per_layer={**_SLIDING, "max_window_layers": LEADING_COUNT}),
     "qwen3": Family(per_layer={**_SLIDING, "max_window_layers": LEADING_COUNT}),
@@ -78,10 +83,12 @@ FAMILIES: dict[str, Family] = {
     "cohere2": Family(per_layer=_SLIDING),
     "smollm3": Family(per_layer={**_SLIDING, "no_rope_layers": PER_LAYER}),
     "gpt2": Family(layers="transformer.h", final_norm="transformer.ln_f", num_layers_key="n_layer",
-                   index_dependent={"scale_attn_by_inverse_layer_idx": "attention is scaled by 1/(layer_idx+1)"}),
-    "gpt_neox": Family(layers="gpt_neox.layers", final_norm="gpt_neox.final_layer_norm"),
-    "opt": Family(layers="model.decoder.layers", final_norm="model.decoder.final_layer_norm"),
-    "falcon": Family(layers="transformer.h", final_norm="transformer.ln_f"),
+                   index_dependent={"scale_attn_by_inverse_layer_idx": "attention is scaled by 1/(layer_idx+1)"},
+                   lora_targets=("c_attn", "c_proj", "c_fc")),
+    "gpt_neox": Family(layers="gpt_neox.layers", final_norm="gpt_neox.final_layer_norm", lora_targets=_NEOX_LORA),
+    "opt": Family(layers="model.decoder.layers", final_norm="model.decoder.final_layer_norm",
+                  lora_targets=("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")),
+    "falcon": Family(layers="transformer.h", final_norm="transformer.ln_f", lora_targets=_NEOX_LORA),
 }
 
 # Config fields whose names mention layers but hold one global value (the audit test's allowlist).

@@ -16,7 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 L = 6
 VOCAB = 260  # 256 bytes + 4 specials: the byte-level tokenizer below covers any text
 _BASE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=L, num_attention_heads=4,
-             num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=128)
+             num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=512)
 _TYPES = ["sliding_attention", "full_attention", "sliding_attention", "sliding_attention", "full_attention",
           "sliding_attention"]
 _MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=2,
@@ -40,10 +40,10 @@ FAMILY_KWARGS: dict[str, dict] = {
     "smollm3": {**_BASE, "pad_token_id": 0, "no_rope_layers": [1, 0, 1, 1, 0, 1]},
     "granite": _BASE,
     "starcoder2": {**_BASE, "sliding_window": 4},
-    "gpt2": dict(n_embd=32, n_layer=L, n_head=4, vocab_size=VOCAB, n_positions=128),
+    "gpt2": dict(n_embd=32, n_layer=L, n_head=4, vocab_size=VOCAB, n_positions=512),
     "gpt_neox": {**_BASE, "num_key_value_heads": 4},
     "opt": dict(hidden_size=32, ffn_dim=64, num_hidden_layers=L, num_attention_heads=4, vocab_size=VOCAB,
-                word_embed_proj_dim=32, max_position_embeddings=128, pad_token_id=1),
+                word_embed_proj_dim=32, max_position_embeddings=512, pad_token_id=1),
     "falcon": dict(hidden_size=32, num_hidden_layers=L, num_attention_heads=4, vocab_size=VOCAB),
     "gemma3": dict(
         text_config={**_BASE, "head_dim": 8, "sliding_window": 4, "layer_types": _TYPES},

@@ -11,12 +11,14 @@ e.g. ``acc`` or ``exact_match,strict-match``) from `layerprune.evaluation.runner
 ``samples`` documents of the task's evaluation split. Candidates are evaluated on the unpruned model with the
 layers skipped (`surgery.skipped_layers`), which computes exactly what removal computes.
 
-Options (``--tasks``, ``--task-samples``): tasks default ``gsm8k,humaneval`` (the paper: gsm8k, humaneval+,
+Options (``--tasks``, ``--task-samples``, ``data_dir``): tasks default ``gsm8k,humaneval`` (the paper: gsm8k, humaneval+,
 xsum), samples default 100. Layer 0 is protected by default. Unlike the paper (temperature 0.9), generation
 is greedy, so a round is reproducible.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from layerprune.errors import UsageError
 from layerprune.scoring.base import Context, Result
@@ -34,7 +36,9 @@ def _task_scores(ctx: Context, tasks: list[str], samples: int, skip: list[int]) 
     from layerprune.evaluation.runner import evaluate
     from layerprune.evaluation.tasks.base import TaskOptions
 
-    opts = TaskOptions(limit=samples, max_new_tokens=int(ctx.options.get("max_new_tokens", 256)))
+    data_dir = ctx.options.get("data_dir")
+    opts = TaskOptions(limit=samples, max_new_tokens=int(ctx.options.get("max_new_tokens", 256)),
+                       data_dir=Path(data_dir) if data_dir else None)
     with skipped_layers(ctx.model, skip):
         out = evaluate(ctx.model, tasks, opts, tokenizer=ctx.tokenizer, progress=False, batch_size=ctx.batch_size)
     return {t: _primary(out["results"][t]) for t in tasks}

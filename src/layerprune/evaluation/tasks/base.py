@@ -36,7 +36,7 @@ class TaskOptions:
     seed: int = 1234
     chat_template: bool = False
     system_prompt: str | None = None
-    max_new_tokens: int = 256
+    max_new_tokens: int | None = None  # None: the task's own (lm-eval's max_gen_toks, 256 unless it says)
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0

@@ -1,0 +1,310 @@
+"""Heal a pruned model with SFT on TRL's SFTTrainer (+ PEFT), the seed paper's recipe by default.
+
+    record = heal("pruned/", "sgr.jsonl", "healed/", HealConfig(mode="qlora"))
+
+Arms (`mode`): ``lora`` and ``qlora`` (LoRA on a 4-bit NF4 base) with completion-only loss; ``full``;
+``partial`` (Lu et al.: train only the head, the final norm and the last k layers); ``lm`` (LoRA with loss on
+every token, Gromov-style healing). Training examples and truncation: `layerprune.healing.chat`.
+
+Outputs in `out`: a standalone HF checkpoint (LoRA merged into the unquantized base), ``adapter/`` for the
+LoRA arms, the input's ``pruning.json``, ``healing.json`` (provenance) and ``loss.jsonl``. Trainer
+checkpoints live in ``<out>.work`` next to `out`; a rerun after an interruption resumes from the last one and
+the work dir is removed once `out` is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from layerprune.errors import UsageError
+from layerprune.healing import process_state
+from layerprune.families import decoder_layers, final_norm, spec_for
+from layerprune.healing.chat import build_dataset, fit_to_length, read_rows
+from layerprune.provenance import (atomic_dir, check_out_dir, fingerprint_source, now, read_json, versions, write_json,
+                                   write_text)
+
+MODES = ("lora", "qlora", "full", "partial", "lm")
+PEFT_MODES = ("lora", "qlora", "lm")
+WORK_SUFFIX = ".work"
+RUN_FILE = "run.json"
+
+
+@dataclass
+class HealConfig:
+    """Defaults = the seed paper's recipe (methods.md §1.5): QLoRA/LoRA r=64 α=16 dropout 0.05, lr 2e-4
+    constant with 50 warmup steps, AdamW β=(0.9, 0.99), wd 1e-4, clip 1.0, batch 4 × accum 2, 1 epoch."""
+
+    mode: str = "lora"
+    response_field: str = "response"
+    lr: float | None = None  # None: 2e-4 for the LoRA arms, 2e-5 (TRL's default) for full/partial
+    warmup_steps: int = 50
+    weight_decay: float = 1e-4
+    adam_betas: tuple[float, float] = (0.9, 0.99)
+    max_grad_norm: float = 1.0
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 4
+    grad_accum: int = 2
+    max_length: int = 8192
+    lora_r: int = 64
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    partial_layers: int = 3
+    seed: int = 42
+    save_steps: int = 500
+    save_total_limit: int = 2
+    logging_steps: int = 10
+    gradient_checkpointing: bool = True
+    dtype: str | None = None  # weights dtype for training (default: checkpoint's; float32 for full/partial)
+
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else (2e-4 if self.mode in PEFT_MODES else 2e-5)
+
+
+def heal(model: str, data: str | Path, out: str | Path, config: HealConfig | None = None, overwrite: bool = False,
+         callbacks: tuple = ()) -> dict:
+    """Train `model` on `data` as `config` says and write the healed checkpoint to `out`; return healing.json."""
+    config = config or HealConfig()
+    _check_config(config)
+    out = check_out_dir(out, overwrite)
+    state = process_state()  # under `accelerate launch`: this process's rank and device
+    rows = read_rows(data, config.response_field, lm=config.mode == "lm")
+    net, tok = _load(model, config, state)
+    fingerprint = fingerprint_source(model, net)  # before training changes the weights
+    work = out.with_name(out.name + WORK_SUFFIX)
+    _claim_work_dir(work, _run_signature(model, data, config), overwrite, state)
+    try:
+        trainer = build_trainer(net, tok, rows, config, work, callbacks)
+        lengths = fit_to_length(trainer, config.max_length, verbose=state.is_main_process)
+        resume = _last_checkpoint(work)
+        result = trainer.train(resume_from_checkpoint=resume)
+    except BaseException:
+        if state.is_main_process and _last_checkpoint(work) is None:
+            shutil.rmtree(work, ignore_errors=True)  # nothing to resume from: leave no trace
+        raise
+    final = work / "final"
+    trainer.save_model(str(final))  # every rank: FSDP/ZeRO-3 gather shards collectively
+    record = _record(model, fingerprint, data, config, trainer, result, rows, lengths, resume, state)
+    if state.is_main_process:
+        with atomic_dir(out, overwrite) as tmp:
+            _write_model(model, final, tmp, config, tok)
+            _write_records(model, trainer, record, tmp)
+        shutil.rmtree(work, ignore_errors=True)
+    state.wait_for_everyone()
+    return record
+
+
+def _check_config(c: HealConfig) -> None:
+    if c.mode not in MODES:
+        raise UsageError(f"--mode {c.mode!r} is unknown; use one of {', '.join(MODES)}")
+    if c.response_field not in ("response", "original"):
+        raise UsageError(f"--response-field {c.response_field!r}: use response (SGR) or original")
+    if c.mode == "qlora":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise UsageError("--mode qlora needs bitsandbytes (pip install bitsandbytes) or use --mode lora") from None
+    if c.partial_layers < 0 or c.max_length < 2 or c.batch_size < 1 or c.grad_accum < 1:
+        raise UsageError("--partial-layers must be >= 0, --max-length >= 2, batch size and accumulation >= 1")
+
+
+def _load(model: str, c: HealConfig, state):
+    """(model, tokenizer) on this process's device, prepared for the arm (quantized, frozen, ...)."""
+    from layerprune.loading import load_model, load_tokenizer
+
+    device = str(state.device)
+    if c.mode == "qlora":
+        net = _load_4bit(model, state)
+    else:
+        dtype = c.dtype or ("float32" if c.mode in ("full", "partial") else None)
+        net, _ = load_model(model, dtype=dtype, device=device, tokenizer=False)
+    tok = load_tokenizer(model)
+    if tok is None:
+        raise UsageError(f"{model} has no tokenizer; save the tokenizer next to the model")
+    if c.mode == "partial":
+        _freeze_for_partial(net, c.partial_layers)
+    net.train()
+    return net, tok
+
+
+def _load_4bit(model: str, state):
+    import torch
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from layerprune.loading import load_config
+
+    spec_for(load_config(model))
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+    try:
+        net = AutoModelForCausalLM.from_pretrained(model, quantization_config=quant,
+                                                   device_map={"": str(state.device)})
+    except Exception as err:  # bitsandbytes without a kernel for this device, or a broken install
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"--mode qlora: bitsandbytes cannot load 4-bit weights here ({first}); "
+                         "use --mode lora") from None
+    # fp32 norms/head and input grads, as QLoRA recommends; checkpointing is left to the trainer's setting
+    return prepare_model_for_kbit_training(net, use_gradient_checkpointing=False)
+
+
+def _freeze_for_partial(net, k: int) -> None:
+    """Lu et al.'s partial-layer finetuning: only the output head, the final norm and the last k layers train.
+    With tied embeddings the head *is* the input embedding, so that matrix trains too (healing.json says so)."""
+    layers = decoder_layers(net)
+    if k > len(layers):
+        raise UsageError(f"--partial-layers {k} exceeds the model's {len(layers)} layers; pass at most {len(layers)}")
+    net.requires_grad_(False)
+    for module in [net.get_output_embeddings(), final_norm(net), *list(layers)[len(layers) - k :]]:
+        module.requires_grad_(True)
+
+
+def lora_config(net, c: HealConfig):
+    """PEFT LoraConfig for this model: the family's projections inside its decoder layers."""
+    import re
+
+    from peft import LoraConfig
+
+    spec = spec_for(net.config)
+    names = spec.lora_targets
+    pattern = rf"{re.escape(spec.layers)}\.\d+\..*\b({'|'.join(names)})"
+    if not any(re.fullmatch(pattern, n) for n, _ in net.named_modules()):
+        raise UsageError(f"no LoRA target ({', '.join(names)}) found in {net.config.model_type} layers; "
+                         "set the family's lora_targets in layerprune/families.py")
+    return LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout, target_modules=pattern,
+                      bias="none", task_type="CAUSAL_LM")
+
+
+def build_trainer(net, tok, rows, c: HealConfig, work: Path, callbacks=()):
+    """SFTTrainer for the arm, data already tokenized and masked by TRL (`trainer.train_dataset`)."""
+    import torch
+    from transformers.trainer_callback import ProgressCallback
+    from trl import SFTConfig, SFTTrainer
+
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    args = SFTConfig(
+        output_dir=str(work), per_device_train_batch_size=c.batch_size, gradient_accumulation_steps=c.grad_accum,
+        learning_rate=c.learning_rate(), lr_scheduler_type="constant_with_warmup", warmup_steps=c.warmup_steps,
+        adam_beta1=c.adam_betas[0], adam_beta2=c.adam_betas[1], weight_decay=c.weight_decay,
+        max_grad_norm=c.max_grad_norm, num_train_epochs=c.epochs, max_steps=c.max_steps, seed=c.seed,
+        logging_steps=c.logging_steps, save_steps=c.save_steps, save_total_limit=c.save_total_limit,
+        bf16=bf16, fp16=False, gradient_checkpointing=c.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False}, report_to="none",
+        max_length=None,  # truncation is ours (fit_to_length), so dropped/truncated rows can be counted
+        completion_only_loss=c.mode != "lm", dataset_num_proc=None, use_cpu=not torch.cuda.is_available(),
+    )
+    peft = lora_config(net, c) if c.mode in PEFT_MODES else None
+    trainer = SFTTrainer(model=net, args=args, train_dataset=build_dataset(tok, rows, lm=c.mode == "lm"),
+                         processing_class=tok, peft_config=peft, callbacks=list(callbacks))
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(_loss_bar())
+    return trainer
+
+
+def _loss_bar():
+    """Trainer's progress bar with the latest loss as its postfix, instead of a printed dict per log."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class LossBar(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
+                self.training_bar.set_postfix(loss=f"{logs['loss']:.4f}")
+
+    return LossBar()
+
+
+def _run_signature(model: str, data, c: HealConfig) -> dict:
+    """What must match for a work dir's checkpoints to be resumed (max_steps may grow between runs)."""
+    hp = {k: v for k, v in dataclasses.asdict(c).items() if k not in ("max_steps", "save_steps", "logging_steps")}
+    return {"model": str(model), "data_sha256": file_sha256(data), "config": hp}
+
+
+def _claim_work_dir(work: Path, signature: dict, overwrite: bool, state) -> None:
+    if state.is_main_process:
+        run = work / RUN_FILE
+        if run.is_file() and json.loads(json.dumps(signature)) != read_json(run):
+            if not overwrite:
+                raise UsageError(f"{work} holds checkpoints of a different run (model, data or settings); "
+                                 "pass --overwrite to discard them or delete the directory")
+            shutil.rmtree(work)
+        write_json(run, signature)
+    state.wait_for_everyone()
+
+
+def _last_checkpoint(work: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(work)) if work.is_dir() else None
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def _write_model(model: str, final: Path, tmp: Path, c: HealConfig, tok) -> None:
+    """Standalone checkpoint in tmp: the adapter merged into a fresh, unquantized load of the base model
+    (its own dtype), so the result equals base + adapter; full/partial weights are moved as saved."""
+    if c.mode not in PEFT_MODES:
+        for f in final.iterdir():
+            shutil.move(str(f), tmp / f.name)
+        return
+    from peft import PeftModel
+
+    from layerprune.loading import load_model
+
+    shutil.copytree(final, tmp / "adapter")
+    base, _ = load_model(model, device="cpu", tokenizer=False)
+    merged = PeftModel.from_pretrained(base, str(tmp / "adapter")).merge_and_unload()
+    merged.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+
+
+def _write_records(model: str, trainer, record: dict, tmp: Path) -> None:
+    from layerprune.pruning import PRUNING_FILE
+
+    src = Path(model).expanduser() / PRUNING_FILE
+    if src.is_file():
+        shutil.copy2(src, tmp / PRUNING_FILE)  # the healed model has the same layers as its input
+    write_json(tmp / "healing.json", record)
+    losses = [{k: e[k] for k in ("step", "epoch", "loss", "learning_rate", "grad_norm") if k in e}
+              for e in trainer.state.log_history if "loss" in e]
+    write_text(tmp / "loss.jsonl", "".join(json.dumps(e) + "\n" for e in losses))
+
+
+def _record(model, fingerprint, data, c: HealConfig, trainer, result, rows, lengths, resume, state) -> dict:
+    import peft
+    import trl
+
+    logged = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    hp = {**dataclasses.asdict(c), "adam_betas": list(c.adam_betas), "learning_rate": c.learning_rate(),
+          "effective_batch": c.batch_size * c.grad_accum * state.num_processes}
+    if c.mode in PEFT_MODES:
+        hp["lora_target_modules"] = trainer.model.peft_config["default"].target_modules
+    return {
+        "format": "layerprune.healing/1",
+        "model": {"path": str(model), "fingerprint": fingerprint},
+        "data": {"path": str(data), "sha256": file_sha256(data), "rows": len(rows), **lengths,
+                 "response_field": c.response_field},
+        "arm": c.mode,
+        "hyperparameters": hp,
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "tied_embeddings": bool(getattr(trainer.model.config, "tie_word_embeddings", False)),
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "final_loss": logged[-1] if logged else None,
+        "mean_train_loss": result.training_loss,
+        "resumed_from": Path(resume).name if resume else None,
+        "world_size": state.num_processes,
+        "seed": c.seed,
+        "versions": {**versions(), "trl": trl.__version__, "peft": peft.__version__},
+        "created": now(),
+    }

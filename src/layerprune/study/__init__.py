@@ -1,0 +1,1 @@
+"""Studies: one YAML → validated config → immutable plan of steps → resumable executor → report."""

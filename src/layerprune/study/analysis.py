@@ -1,0 +1,146 @@
+"""Gather a finished study's outputs and compute what the report shows (also saved as ROOT/summary.json).
+
+Rows of `summary["retention"]`: one per (model, criterion, n, arm, kind) with retention (and, for healed arms,
+recovery) and their bootstrap CIs; `summary["safe_depth"]`: per (model, criterion, arm, kind), the largest
+removed-layer ratio whose retention CI lower bound stays ≥ the threshold.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from layerprune.study.metrics import Estimate, load_scores, recovery, retention, safe_ratio
+from layerprune.study.store import Store
+
+KINDS = ("classification", "generative")
+
+
+def load_study(root: Path) -> tuple[dict, list[dict], Store]:
+    store = Store(root)
+    plan_file = root / "plan.json"
+    if not plan_file.is_file():
+        from layerprune.errors import UsageError
+
+        raise UsageError(f"{root} is not a study root (no plan.json); run `layerprune study CONFIG --root {root}`")
+    plan = json.loads(plan_file.read_text())
+    return plan, plan["variants"], store
+
+
+def analyze(root: Path, threshold: float = 0.9, n_boot: int = 1000, confidence: float = 0.95) -> dict[str, Any]:
+    plan, variants, store = load_study(root)
+    done = [v for v in variants if store.is_done(v["eval"])]
+    scores = {v["eval"]: load_scores(store.step_dir(v["eval"])) for v in done}
+    base = {v["model"]: v for v in done if v["criterion"] is None}
+    rows = []
+    for v in done:
+        b = base.get(v["model"])
+        if v["criterion"] is None or b is None:
+            continue
+        pruned = next((p for p in done if _same_cut(p, v) and p["arm"] == "none"), None)
+        for kind in KINDS:
+            tasks = [t for t, s in scores[b["eval"]].items() if s.kind == kind]
+            if not tasks:
+                continue
+            row = {k: v[k] for k in ("model", "criterion", "num_drop", "ratio", "arm")} | {"kind": kind}
+            vals = lambda var: [scores[var["eval"]][t].values for t in tasks]  # noqa: E731
+            row["retention"] = retention(vals(v), vals(b), n_boot, confidence).as_dict()
+            if v["arm"] != "none" and pruned is not None:
+                row["recovery"] = recovery(vals(v), vals(pruned), vals(b), n_boot, confidence).as_dict()
+            rows.append(row)
+    return {
+        "threshold": threshold, "confidence": confidence, "bootstrap": n_boot,
+        "variants": len(variants), "evaluated": len(done),
+        "tasks": _task_table(done, scores),
+        "retention": rows,
+        "safe_depth": _safe_depth(rows, threshold),
+        "speed": _speed(done, store, base),
+        "layer_scores": _layer_scores(plan, store),
+        "diagnostics": _diagnostics(done, store),
+    }
+
+
+def _same_cut(a: dict, b: dict) -> bool:
+    return (a["model"], a["criterion"], a["num_drop"]) == (b["model"], b["criterion"], b["num_drop"])
+
+
+def _task_table(done: list[dict], scores: dict) -> list[dict]:
+    out = []
+    for v in done:
+        row = {k: v[k] for k in ("model", "criterion", "num_drop", "ratio", "arm")}
+        row["scores"] = {t: {"metric": s.metric, "kind": s.kind, "value": float(s.values.mean()) if len(s.values) else None,
+                             "n": int(len(s.values))} for t, s in scores[v["eval"]].items()}
+        out.append(row)
+    return out
+
+
+def _safe_depth(rows: list[dict], threshold: float) -> list[dict]:
+    groups: dict[tuple, list] = defaultdict(list)
+    for r in rows:
+        est = r["retention"]
+        groups[(r["model"], r["criterion"], r["arm"], r["kind"])].append((r["ratio"], Estimate(est["value"], est["lo"], est["hi"])))
+    return [{"model": m, "criterion": c, "arm": a, "kind": k, "safe_ratio": safe_ratio(pts, threshold),
+             "ratios_tested": sorted(p[0] for p in pts)} for (m, c, a, k), pts in sorted(groups.items())]
+
+
+def _speed(done: list[dict], store: Store, base: dict) -> list[dict]:
+    from layerprune.study.speed import ideal_speedup
+
+    def load(v):
+        if not v.get("speed") or not store.is_done(v["speed"]):
+            return None
+        return json.loads((store.step_dir(v["speed"]) / "speed.json").read_text())
+
+    out, seen = [], set()
+    for v in done:
+        if v["criterion"] is None or v["speed"] in seen or v["model"] not in base:
+            continue
+        seen.add(v["speed"])
+        s, b = load(v), load(base[v["model"]])
+        if s and b:
+            out.append({"model": v["model"], "criterion": v["criterion"], "num_drop": v["num_drop"], "ratio": v["ratio"],
+                        "prefill_speedup": s["prefill_tokens_per_s"] / b["prefill_tokens_per_s"],
+                        "decode_speedup": s["decode_tokens_per_s"] / b["decode_tokens_per_s"],
+                        "ideal_speedup": ideal_speedup(b, s), "baseline": b, "pruned": s})
+    return out
+
+
+def _layer_scores(plan: dict, store: Store) -> list[dict]:
+    out = []
+    for s in plan["steps"]:
+        if s["kind"] != "score" or not store.is_done(s["id"]):
+            continue
+        data = json.loads((store.step_dir(s["id"]) / "scores.json").read_text())
+        out.append({"label": s["label"], "method": data.get("method"), "num_drop": s["params"]["num_drop"],
+                    "scores": data.get("scores"), "drop": data.get("drop")})
+    return out
+
+
+def _diagnostics(done: list[dict], store: Store) -> list[dict]:
+    """Mean per-doc generation diagnostics (Rep-n, Self-BLEU, bracket errors, ...) per model and task."""
+    out = []
+    for v in done:
+        for f in sorted(store.step_dir(v["eval"]).glob("samples_*.jsonl")):
+            sums: dict[str, list[float]] = defaultdict(list)
+            with open(f) as fh:
+                for line in fh:
+                    for key, val in _flat(json.loads(line).get("diagnostics") or {}).items():
+                        sums[key].append(val)
+            if sums:
+                out.append({k: v[k] for k in ("model", "criterion", "num_drop", "ratio", "arm")}
+                           | {"task": f.stem[len("samples_"):], **{k: float(np.mean(x)) for k, x in sums.items()}})
+    return out
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, float]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v):
+            out[f"{prefix}{k}"] = float(v)
+    return out

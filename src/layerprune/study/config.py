@@ -1,0 +1,251 @@
+"""The study schema: the only home of a study's defaults. Unknown keys are rejected with their path.
+
+    cfg = load_study_config("configs/ci/tiny.yaml")       # UsageError on any problem, before any work
+
+A study prunes each model with each criterion at each ratio (or layer count), heals each pruned model with each
+healing arm, and evaluates baseline, pruned and healed models on the same tasks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from layerprune.errors import UsageError
+from layerprune.healing.sft import HealConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TinyModel(_Strict):
+    """Build a tiny random model from a transformers config instead of loading one (smoke studies, CI)."""
+
+    family: str = "llama"
+    layers: int = Field(8, ge=2)
+    seed: int = 0
+
+
+class ModelConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="short label used in step names and the report")
+    path: str | None = Field(None, description="local directory or hub id")
+    tiny: TinyModel | None = None
+    dtype: str | None = Field(None, description="float32 | bfloat16 | float16; default: the checkpoint's")
+    num_layers: int | None = Field(None, ge=2, description="layer count, to plan offline when the config is unreachable")
+    chat_template: bool = False
+    system_prompt: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.path is None) == (self.tiny is None):
+            raise ValueError(f"model {self.name!r}: give exactly one of `path` or `tiny`")
+        return self
+
+
+class CalibrationConfig(_Strict):
+    source: str | None = Field(None, description=".txt/.jsonl path or hub dataset id; default: the criterion's own")
+    text_field: str = "text"
+    seq_len: int = Field(128, ge=8)
+    num_samples: int = Field(32, ge=1)
+
+
+class PruningConfig(_Strict):
+    criteria: list[str] = Field(default_factory=lambda: ["reverse", "bi"], min_length=1)
+    ratios: list[float] | None = Field(None, description="fractions of layers to remove, each in (0, 1)")
+    num_drop: list[int] | None = Field(None, description="layer counts to remove (instead of ratios)")
+    protected: list[int] | None = Field(None, description="layers no criterion may remove; default: each criterion's own")
+    calibration: CalibrationConfig = CalibrationConfig()
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-criterion options, e.g. {task_iterative: {tasks: gsm8k, samples: 50}}")
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, v):
+        for r in v or []:
+            if not 0 < r < 1:
+                raise ValueError(f"ratio {r} is outside (0, 1)")
+        return v
+
+    @field_validator("num_drop")
+    @classmethod
+    def _counts(cls, v):
+        for n in v or []:
+            if n < 1:
+                raise ValueError(f"num_drop {n} must be at least 1")
+        return v
+
+    @model_validator(mode="after")
+    def _one_size(self):
+        if (self.ratios is None) == (self.num_drop is None):
+            raise ValueError("pruning: give exactly one of `ratios` or `num_drop`")
+        return self
+
+
+class PromptsConfig(_Strict):
+    source: str | None = Field(None, description="JSONL of Alpaca/messages/prompt rows, or a hub dataset id")
+    fields: dict[str, str] = Field(default_factory=dict,
+                                   description="rename source fields first, e.g. {question: instruction, answer: output}")
+    num: int = Field(200, ge=1)
+    max_prompt_tokens: int | None = None
+
+
+class SGRConfig(_Strict):
+    temperature: float = Field(0.9, gt=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_new_tokens: int = Field(1024, ge=1)
+    batch_size: int = Field(8, ge=1)
+
+
+_H = HealConfig()  # healing defaults live in HealConfig; the study reuses them
+
+
+class TrainConfig(_Strict):
+    mode: Literal["lora", "qlora", "full", "partial", "lm"] = _H.mode
+    lora_r: int = _H.lora_r
+    lora_alpha: int = _H.lora_alpha
+    lora_dropout: float = _H.lora_dropout
+    lr: float | None = Field(_H.lr, description="default: 2e-4 for LoRA arms, 2e-5 for full/partial")
+    warmup_steps: int = _H.warmup_steps
+    epochs: float = _H.epochs
+    max_steps: int | None = Field(None, description="stop after N optimizer steps (default: one epoch)")
+    batch_size: int = _H.batch_size
+    grad_accum: int = _H.grad_accum
+    max_length: int = _H.max_length
+    partial_layers: int = _H.partial_layers
+
+    def heal_config(self, response_field: str, seed: int) -> HealConfig:
+        fields = self.model_dump()
+        fields["max_steps"] = -1 if self.max_steps is None else self.max_steps
+        return HealConfig(**fields, response_field=response_field, seed=seed)
+
+
+ArmKind = Literal["none", "original", "sgr", "partial", "lm"]
+
+
+class ArmConfig(_Strict):
+    """A healing arm: `none` (no healing), `original` (dataset responses), `sgr` (the unpruned model's own
+    responses), `partial` (last k layers + head, Lu et al.), `lm` (LM loss on plain text, Gromov et al.)."""
+
+    kind: ArmKind
+    name: str | None = None
+    data: Literal["original", "sgr"] | None = Field(
+        None, description="responses trained on; default: sgr for `sgr`, the dataset's original ones otherwise")
+    train: TrainConfig | None = Field(None, description="replaces healing.train for this arm")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind
+
+    @property
+    def responses(self) -> str:
+        return self.data or ("sgr" if self.kind == "sgr" else "original")
+
+
+class HealingConfig(_Strict):
+    arms: list[ArmConfig] = Field(default_factory=lambda: [ArmConfig(kind="none")])
+    prompts: PromptsConfig = PromptsConfig()
+    sgr: SGRConfig = SGRConfig()
+    train: TrainConfig = TrainConfig()
+
+    @field_validator("arms", mode="before")
+    @classmethod
+    def _arm_names(cls, v):
+        return [{"kind": a} if isinstance(a, str) else a for a in v]
+
+    def train_for(self, arm: ArmConfig) -> TrainConfig:
+        """The arm's training settings; `partial` and `lm` arms fix the mode to their own."""
+        base = arm.train or self.train
+        return base.model_copy(update={"mode": arm.kind}) if arm.kind in ("partial", "lm") else base
+
+
+class EvalConfig(_Strict):
+    tasks: list[str] = Field(min_length=1)
+    limit: int | None = Field(None, ge=1)
+    num_fewshot: int | None = Field(None, ge=0)
+    data_dir: str | None = None
+    batch_size: int = Field(8, ge=1)
+    max_new_tokens: int | None = Field(None, ge=1, description="default: each task's own (lm-eval's max_gen_toks)")
+    temperature: float = 0.0
+    top_p: float = 1.0
+    num_samples: int = 1
+
+
+class SpeedConfig(_Strict):
+    enabled: bool = True
+    prompt_tokens: int = 128
+    new_tokens: int = 32
+    batch_size: int = 1
+    repeats: int = 3
+
+
+class ReportConfig(_Strict):
+    safe_threshold: float = Field(0.9, gt=0, le=1, description="retention CI lower bound needed to call a ratio safe")
+    bootstrap: int = Field(1000, ge=100)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+
+
+class StudyConfig(_Strict):
+    name: str = "study"
+    seed: int = 1234
+    device: str = "cpu"
+    models: list[ModelConfig] = Field(min_length=1)
+    pruning: PruningConfig
+    healing: HealingConfig = HealingConfig()
+    eval: EvalConfig
+    speed: SpeedConfig = SpeedConfig()
+    report: ReportConfig = ReportConfig()
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        labels = [a.label for a in self.healing.arms]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"healing arm labels must be unique, got {labels}; give arms a `name`")
+        return self
+
+
+def load_study_config(path: str | Path) -> StudyConfig:
+    """Parse and validate a study YAML; every problem is a one-line UsageError naming the key's path."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"study config {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UsageError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"{path} must hold a mapping of study settings")
+    try:
+        cfg = StudyConfig.model_validate(raw)
+    except ValidationError as err:
+        e = err.errors()[0]
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key (check the spelling)" if e["type"] == "extra_forbidden" else e["msg"]
+        raise UsageError(f"{path}: {where}: {msg}") from None
+    check_names(cfg)
+    return cfg
+
+
+def check_names(cfg: StudyConfig) -> None:
+    """Criteria, tasks and families must exist; checked before any work starts."""
+    from layerprune.evaluation.tasks import known_tasks
+    from layerprune.families import supported
+    from layerprune.scoring import SCORERS
+
+    for m in cfg.models:
+        if m.tiny and m.tiny.family not in supported():
+            raise UsageError(f"models.{m.name}.tiny.family: unknown family {m.tiny.family!r}; one of {supported()}")
+    for c in cfg.pruning.criteria:
+        if c not in SCORERS:
+            raise UsageError(f"pruning.criteria: unknown criterion {c!r}; known: {', '.join(SCORERS)}")
+    tasks = set(known_tasks())
+    for t in cfg.eval.tasks:
+        if t not in tasks:
+            names = sorted({"mmlu_<subject>" if k.startswith("mmlu_") else k for k in tasks})
+            raise UsageError(f"eval.tasks: unknown task {t!r}; known: {', '.join(names)}")

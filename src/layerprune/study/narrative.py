@@ -1,0 +1,77 @@
+"""Plain-language findings from the analysis summary, stated with their intervals, whatever they show.
+
+Three questions from the paper: does classification retain more than generative reasoning after pruning; does
+SGR healing recover more than healing on the dataset's original responses; does recovery shrink at higher
+ratios. Each answer says when the intervals overlap instead of claiming a difference.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+
+def _fmt(e: dict) -> str:
+    if e["lo"] != e["lo"]:
+        return f"{100 * e['value']:.0f}%"
+    return f"{100 * e['value']:.0f}% [{100 * e['lo']:.0f}, {100 * e['hi']:.0f}]"
+
+
+def _compare(a: dict, b: dict) -> str:
+    """'higher' / 'lower' when the intervals do not overlap, else 'not distinguishable'."""
+    if a["lo"] == a["lo"] and b["lo"] == b["lo"]:
+        if a["lo"] > b["hi"]:
+            return "higher"
+        if a["hi"] < b["lo"]:
+            return "lower"
+    return "not distinguishable"
+
+
+def findings(s: dict) -> list[str]:
+    out = _kind_gap(s) + _sgr_vs_original(s) + _ratio_trend(s)
+    return out or ["Not enough finished evaluations to compare anything yet."]
+
+
+def _kind_gap(s: dict) -> list[str]:
+    rows = defaultdict(dict)
+    for r in s["retention"]:
+        if r["arm"] == "none":
+            rows[(r["model"], r["criterion"], r["num_drop"], r["ratio"])][r["kind"]] = r["retention"]
+    out = []
+    for (model, crit, n, ratio), kinds in sorted(rows.items()):
+        if {"classification", "generative"} <= kinds.keys():
+            c, g = kinds["classification"], kinds["generative"]
+            verdict = {"higher": "retains more than", "lower": "retains less than",
+                       "not distinguishable": "is not distinguishable from"}[_compare(c, g)]
+            out.append(f"{model}, {crit}, {n} layers removed ({ratio:.0%}): classification retention {_fmt(c)} "
+                       f"{verdict} generative retention {_fmt(g)}.")
+    return out
+
+
+def _sgr_vs_original(s: dict) -> list[str]:
+    rec = defaultdict(dict)
+    for r in s["retention"]:
+        if "recovery" in r:
+            rec[(r["model"], r["criterion"], r["num_drop"], r["kind"])][r["arm"]] = r["recovery"]
+    out = []
+    for (model, crit, n, kind), arms in sorted(rec.items()):
+        if "sgr" in arms and "original" in arms:
+            verdict = _compare(arms["sgr"], arms["original"])
+            out.append(f"{model}, {crit}, {n} layers, {kind}: recovery with SGR {_fmt(arms['sgr'])} vs. original "
+                       f"responses {_fmt(arms['original'])} — SGR is {verdict}.")
+    return out
+
+
+def _ratio_trend(s: dict) -> list[str]:
+    series = defaultdict(list)
+    for r in s["retention"]:
+        series[(r["model"], r["criterion"], r["arm"], r["kind"])].append((r["ratio"], r["retention"]))
+    out = []
+    for (model, crit, arm, kind), pts in sorted(series.items()):
+        if len(pts) < 2:
+            continue
+        pts.sort(key=lambda p: p[0])
+        (r0, e0), (r1, e1) = pts[0], pts[-1]
+        trend = {"higher": "falls", "lower": "rises", "not distinguishable": "does not change distinguishably"}
+        out.append(f"{model}, {crit}, healing {arm}, {kind}: retention {trend[_compare(e0, e1)]} from "
+                   f"{_fmt(e0)} at {r0:.0%} to {_fmt(e1)} at {r1:.0%} of layers removed.")
+    return out

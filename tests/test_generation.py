@@ -1,0 +1,133 @@
+"""generate_batch on a tiny random Llama with a real BPE tokenizer: greedy equals HF generate, stop strings
+cut like lm-eval, finished rows leave the batch, seeded sampling is repeatable."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from fixtures.tiny_lm import build_tiny_lm
+from layerprune.errors import UsageError
+from layerprune.evaluation.generation import cut_at_stops, generate_batch
+from layerprune.evaluation.requests import GenerationRequest
+
+PROMPTS = [
+    "Question: Natalia sold clips to 48 of her friends in April",
+    "Q: There are 15 trees",
+    "def add(a, b):\n    return",
+    "What is (4 * 4) * 1? Answer:",
+    "The quick brown fox jumps over the lazy dog. The quick brown fox",
+    "Answer:",
+    "$1,000.50 costs",
+]
+MAX_NEW = 24
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_tiny_lm()
+
+
+def hf_greedy(model, tokenizer, prompt: str, max_new: int = MAX_NEW) -> str:
+    """Reference: one prompt at a time through model.generate(do_sample=False)."""
+    enc = tokenizer(prompt, return_tensors="pt")
+    out = model.generate(**enc, do_sample=False, max_new_tokens=max_new)
+    return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def stop_from(text: str) -> str | None:
+    """A stop string taken from the reference text itself: the first two-letter word chunk after char 4."""
+    match = re.search(r"[A-Za-z]{2}", text[4:])
+    return match.group(0) if match else None
+
+
+def test_greedy_batched_equals_hf_generate_one_by_one(tiny):
+    model, tokenizer = tiny
+    refs = [hf_greedy(model, tokenizer, p) for p in PROMPTS]
+    assert len(set(refs)) > 3, "the tiny model should produce varied text"
+    results = generate_batch(model, tokenizer, [GenerationRequest(p, max_new_tokens=MAX_NEW) for p in PROMPTS], 3)
+    assert [r.texts for r in results] == [(ref,) for ref in refs]
+
+
+def test_stop_strings_cut_per_request(tiny):
+    model, tokenizer = tiny
+    refs = [hf_greedy(model, tokenizer, p) for p in PROMPTS]
+    stops = [stop_from(ref) for ref in refs]
+    assert sum(s is not None for s in stops) >= 4
+    reqs = [GenerationRequest(p, until=(s,) if s else (), max_new_tokens=MAX_NEW) for p, s in zip(PROMPTS, stops)]
+    got = [r.texts[0] for r in generate_batch(model, tokenizer, reqs, batch_size=3)]
+    for ref, stop, text in zip(refs, stops, got):
+        expected = ref.split(stop)[0] if stop else ref
+        assert text == expected
+        if stop:
+            assert stop not in text and len(text) < len(ref)
+
+
+def test_batch_size_does_not_change_greedy_output(tiny):
+    model, tokenizer = tiny
+    reqs = [GenerationRequest(p, until=("\n",), max_new_tokens=MAX_NEW) for p in PROMPTS]
+    one = generate_batch(model, tokenizer, reqs, batch_size=1)
+    assert generate_batch(model, tokenizer, reqs, batch_size=4) == one
+    assert generate_batch(model, tokenizer, reqs, batch_size=16) == one
+
+
+def test_finished_rows_leave_the_batch(tiny):
+    model, tokenizer = tiny
+    batch_sizes: list[int] = []
+    hook = model.model.embed_tokens.register_forward_hook(lambda m, i, o: batch_sizes.append(i[0].shape[0]))
+    try:
+        reqs = [GenerationRequest(PROMPTS[0], max_new_tokens=2), GenerationRequest(PROMPTS[1], max_new_tokens=12),
+                GenerationRequest(PROMPTS[2], max_new_tokens=6)]
+        results = generate_batch(model, tokenizer, reqs, batch_size=3)
+    finally:
+        hook.remove()
+    # prefill with 3 rows, then rows leave after 2 and 6 tokens: 3,3 / 2,2,2,2 / 1 x6 (EOS may end rows sooner)
+    assert batch_sizes[0] == 3 and batch_sizes == sorted(batch_sizes, reverse=True)
+    assert len(batch_sizes) <= 12 and batch_sizes[-1] == 1
+    for req, res in zip(reqs, results):  # each row got its own token budget
+        assert res.texts[0] == hf_greedy(model, tokenizer, req.context, req.max_new_tokens)
+
+
+def test_sampling_is_seeded_and_independent_of_batching(tiny):
+    model, tokenizer = tiny
+    reqs = [GenerationRequest(p, max_new_tokens=12, temperature=0.9, top_p=0.95, top_k=50, num_samples=3, seed=7)
+            for p in PROMPTS[:3]]
+    first = generate_batch(model, tokenizer, reqs, batch_size=2)
+    assert all(len(r.texts) == 3 for r in first)
+    assert len(set(first[0].texts)) > 1, "three samples of one prompt should differ"
+    assert generate_batch(model, tokenizer, reqs, batch_size=5) == first
+    other_seed = [GenerationRequest(r.context, max_new_tokens=12, temperature=0.9, num_samples=3, seed=8) for r in reqs]
+    assert generate_batch(model, tokenizer, other_seed, batch_size=2) != first
+
+
+def test_top_k_one_is_greedy(tiny):
+    model, tokenizer = tiny
+    sampled = generate_batch(model, tokenizer, [GenerationRequest(PROMPTS[0], max_new_tokens=MAX_NEW, temperature=1.0,
+                                                                  top_k=1, seed=3)])
+    assert sampled[0].texts[0] == hf_greedy(model, tokenizer, PROMPTS[0])
+
+
+def test_cut_at_stops_uses_earliest_stop():
+    assert cut_at_stops("a b\nQuestion: c\n\nd", ["\n\n", "Question:"]) == "a b\n"
+    assert cut_at_stops("no stop here", ["Q:"]) == "no stop here"
+
+
+def test_bad_requests_raise_usage_error(tiny):
+    model, tokenizer = tiny
+    with pytest.raises(UsageError, match="greedy samples"):
+        generate_batch(model, tokenizer, [GenerationRequest("x", num_samples=2)])
+    with pytest.raises(UsageError, match="batch size"):
+        generate_batch(model, tokenizer, [GenerationRequest("x")], batch_size=0)
+    with pytest.raises(UsageError, match="max_new_tokens"):
+        generate_batch(model, tokenizer, [GenerationRequest("x", max_new_tokens=10_000)])
+
+
+def test_left_truncation_keeps_the_end_of_a_long_prompt(tiny):
+    model, tokenizer = tiny
+    long_prompt = "The quick brown fox jumps over the lazy dog. " * 200  # far beyond 512 positions
+    got = generate_batch(model, tokenizer, [GenerationRequest(long_prompt, max_new_tokens=8)])[0].texts[0]
+    ids = tokenizer(long_prompt)["input_ids"][-(512 - 8) :]
+    out = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=8)
+    assert got == tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)

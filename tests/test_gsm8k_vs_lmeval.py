@@ -1,0 +1,84 @@
+"""End to end against lm-eval 0.4.13: the same tiny model on the first GSM8K test docs through lm-eval's
+`simple_evaluate` + HFLM and through our gsm8k task + HFBackend (generate_batch, batch size 3) gives
+identical generations and identical strict/flexible exact_match per doc."""
+
+from __future__ import annotations
+
+import pytest
+
+from fixtures.tiny_lm import build_tiny_lm, save_tiny_lm
+from layerprune.evaluation.data import resolve_data_dir
+from layerprune.evaluation.hf_backend import HFBackend
+from layerprune.evaluation.runner import run_task
+from layerprune.evaluation.tasks.base import TaskOptions
+from layerprune.evaluation.tasks.generative import GSM8K
+
+DATA = resolve_data_dir(None)
+LIMIT, MAX_GEN = 5, 32
+
+YAML = """task: gsm8k_local
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    train: {data}/gsm8k/train.jsonl
+    test: {data}/gsm8k/test.jsonl
+output_type: generate_until
+training_split: train
+fewshot_split: train
+test_split: test
+doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_target: "{{{{answer}}}}"
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+    ignore_case: true
+    ignore_punctuation: false
+    regexes_to_ignore: [",", "\\\\$", "(?s).*#### ", "\\\\.$"]
+generation_kwargs:
+  until: ["Question:", "</s>", "<|im_end|>"]
+  do_sample: false
+  temperature: 0.0
+  max_gen_toks: {max_gen}
+num_fewshot: 5
+filter_list:
+  - name: "strict-match"
+    filter:
+      - function: "regex"
+        regex_pattern: "#### (\\\\-?[0-9\\\\.\\\\,]+)"
+      - function: "take_first"
+  - name: "flexible-extract"
+    filter:
+      - function: "regex"
+        group_select: -1
+        regex_pattern: "(-?[$0-9.,]{{2,}})|(-?[0-9]+)"
+      - function: "take_first"
+"""
+
+
+@pytest.mark.slow  # ~10-25 s: lm-eval builds its task and runs HFLM
+@pytest.mark.skipif(DATA is None or not (DATA / "gsm8k").is_dir(), reason="shared data folder absent")
+def test_greedy_generations_and_scores_equal_lm_eval(tmp_path):
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    model_dir = save_tiny_lm(tmp_path / "model")
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "gsm8k_local.yaml").write_text(YAML.format(data=DATA, max_gen=MAX_GEN))
+    lm = HFLM(pretrained=str(model_dir), device="cpu", batch_size=1, dtype="float32")
+    out = simple_evaluate(model=lm, tasks=["gsm8k_local"], limit=LIMIT, log_samples=True,
+                          task_manager=TaskManager(include_path=str(tmp_path / "tasks"), include_defaults=False))
+    by_filter = {(s["doc_id"], s["filter"]): s for s in out["samples"]["gsm8k_local"]}  # one entry per filter
+
+    model, tokenizer = build_tiny_lm()
+    _, rows = run_task(GSM8K(), HFBackend(model, tokenizer, batch_size=3, progress=False),
+                       TaskOptions(limit=LIMIT, max_new_tokens=MAX_GEN))
+
+    assert [r["resps"] for r in rows] == [by_filter[(i, "strict-match")]["resps"][0] for i in range(LIMIT)]
+    assert any(r["resps"][0] for r in rows), "the tiny model should write something"
+    for i, mine in enumerate(rows):
+        for name in ("strict-match", "flexible-extract"):
+            ref = by_filter[(i, name)]
+            assert mine["filtered"][name] == ref["filtered_resps"][0]
+            assert mine[f"exact_match,{name}"] == ref["exact_match"]
