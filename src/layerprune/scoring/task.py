@@ -6,8 +6,8 @@ Round r, with R removed so far, scores every alive unprotected candidate j by
     s(j) = (1/|tasks|) Σ_task  score_task(model without R ∪ {j}) / score_task(model without R=∅)
 
 (the denominator is the *unpruned* model's score, as in the paper) and removes argmax_j s(j); ties go to the
-later layer index, as in the paper. score_task is the task's primary metric (its first reported metric,
-e.g. ``acc`` or ``exact_match,strict-match``) from `layerprune.evaluation.runner.evaluate` on the first
+later layer index, as in the paper. score_task is the task's `primary_metric` (e.g. ``acc``, ``pass@1``,
+``exact_match,flexible-extract``) from `layerprune.evaluation.runner.evaluate` on the first
 ``samples`` documents of the task's evaluation split. Candidates are evaluated on the unpruned model with the
 layers skipped (`surgery.skipped_layers`), which computes exactly what removal computes.
 
@@ -27,11 +27,6 @@ from layerprune.surgery import skipped_layers
 DEFAULT_TASKS = "gsm8k,humaneval"
 
 
-def _primary(metrics: dict) -> float:
-    name = next(k for k in metrics if k != "n" and not k.endswith("_stderr"))
-    return float(metrics[name])
-
-
 def _task_scores(ctx: Context, tasks: list[str], samples: int, skip: list[int]) -> dict[str, float]:
     from layerprune.evaluation.runner import evaluate
     from layerprune.evaluation.tasks.base import TaskOptions
@@ -41,7 +36,9 @@ def _task_scores(ctx: Context, tasks: list[str], samples: int, skip: list[int]) 
                        data_dir=Path(data_dir) if data_dir else None)
     with skipped_layers(ctx.model, skip):
         out = evaluate(ctx.model, tasks, opts, tokenizer=ctx.tokenizer, progress=False, batch_size=ctx.batch_size)
-    return {t: _primary(out["results"][t]) for t in tasks}
+    from layerprune.evaluation.tasks import get_task
+
+    return {t: float(out["results"][t][get_task(t).primary_metric]) for t in tasks}
 
 
 def task_iterative(ctx: Context) -> Result:

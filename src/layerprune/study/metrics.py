@@ -15,11 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-# Preferred headline metric per task, in order; a task may declare its own `primary_metric`.
-_PREFERRED = ("acc", "exact_match,flexible-extract", "exact_match,strict-match", "pass@1", "exact_match",
-              "first_digit_acc", "math_verify")
-
-
 @dataclass(frozen=True)
 class TaskScores:
     task: str
@@ -28,17 +23,12 @@ class TaskScores:
     values: np.ndarray  # (n_docs,) per-document metric values, in document order
 
 
-def task_info(name: str, result: dict) -> tuple[str, str]:
-    """(kind, headline metric) of a task, from the registry and its results."""
+def task_info(name: str) -> tuple[str, str]:
+    """(kind, headline metric) of a task, from the task registry."""
     from layerprune.evaluation.tasks import get_task
 
     task = get_task(name)
-    members = getattr(task, "tasks", None)
-    first = members[0] if members else task
-    metrics = [k for k in result if k != "n" and not k.endswith("_stderr") and isinstance(result[k], (int, float))]
-    declared = getattr(task, "primary_metric", None) or getattr(first, "primary_metric", None)
-    metric = declared if declared in metrics else next((m for m in _PREFERRED if m in metrics), metrics[0])
-    return getattr(first, "kind", "classification"), metric
+    return task.kind, task.primary_metric
 
 
 def load_scores(eval_dir: Path) -> dict[str, TaskScores]:
@@ -47,10 +37,10 @@ def load_scores(eval_dir: Path) -> dict[str, TaskScores]:
     members = {name: _member_names(name) for name in results}
     in_groups = {m for name, ms in members.items() if ms != [name] for m in ms}
     out = {}
-    for name, res in results.items():
+    for name in results:
         if name in in_groups:
             continue
-        kind, metric = task_info(name, res)
+        kind, metric = task_info(name)
         values: list[float] = []
         for member in members[name]:
             with open(eval_dir / f"samples_{member}.jsonl") as f:

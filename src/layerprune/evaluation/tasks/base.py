@@ -49,6 +49,7 @@ class TaskOptions:
 class Task(Protocol):
     name: str
     kind: Literal["classification", "generative"]
+    primary_metric: str  # the headline metric studies and task-aware scoring compare
 
     def load_docs(self, opts: TaskOptions) -> list[dict[str, Any]]: ...
 
@@ -72,3 +73,11 @@ class TaskGroup:
     tasks: list[Task]
     metrics: tuple[str, ...] = ("acc",)
     weight_by_size: bool = True
+
+    @property
+    def kind(self) -> str:
+        return self.tasks[0].kind
+
+    @property
+    def primary_metric(self) -> str:
+        return self.metrics[0]

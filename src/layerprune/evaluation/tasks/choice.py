@@ -46,6 +46,7 @@ class ChoiceSpec:
 
 class ChoiceTask:
     kind = "classification"
+    primary_metric = "acc"
 
     def __init__(self, spec: ChoiceSpec):
         self.spec = spec

@@ -54,6 +54,7 @@ class CodeTask:
     """One code benchmark; `flavor` is "humaneval" or "mbpp", `plus` selects the EvalPlus rows."""
 
     kind = "generative"
+    primary_metric = "pass@1"
 
     def __init__(self, flavor: str, plus: bool = False, timeout: float = TIMEOUT_S, workers: int = WORKERS):
         self.flavor, self.plus = flavor, plus

@@ -142,6 +142,7 @@ class GSM8K:
     """lm-eval's `gsm8k` (cot=False) or `gsm8k_cot` (cot=True)."""
 
     kind = "generative"
+    primary_metric = "exact_match,flexible-extract"  # a degraded model's answer is often not "#### N"-formatted
 
     def __init__(self, cot: bool = False):
         self.cot = cot
@@ -214,6 +215,7 @@ class MathTask:
 
     name = "math"
     kind = "generative"
+    primary_metric = "math_verify"
 
     def load_docs(self, opts: TaskOptions) -> list[dict[str, Any]]:
         root = resolve_data_dir(opts.data_dir)

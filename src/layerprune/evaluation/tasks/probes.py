@@ -58,6 +58,7 @@ class Probe:
     """Shared shape of both probes: generated docs, 3 shots per doc, greedy exact match."""
 
     kind = "generative"
+    primary_metric = "exact_match"
     make_item = staticmethod(arithmetic_item)
     template = "Question: {}\nAnswer:"
     diagnostics_kind = "math"
@@ -95,6 +96,7 @@ class Probe:
 
 class ArithmeticProbe(Probe):
     name = "arithmetic"
+    primary_metric = "first_digit_acc"  # the paper's arithmetic measure
 
     def requests(self, doc_id: int, doc: dict[str, Any], opts: TaskOptions) -> list:
         context = self.context(doc_id, doc, opts)
