@@ -21,6 +21,8 @@ SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 FAST = dict(warmup_steps=0, batch_size=2, grad_accum=1, lora_r=8, logging_steps=1, save_steps=1000,
             gradient_checkpointing=False)
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
+
 
 def sgr_rows(n=4):
     return [{"id": str(i), "messages": [SYSTEM, {"role": "user", "content": f"Add {i} and {i}."}],
@@ -33,13 +35,6 @@ def write_jsonl(path, rows):
     return path
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train ~20x faster on one thread than with threads fighting over shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from layerprune.commands._args import add_load_arguments
 from layerprune.evaluation.runner import evaluate
 from layerprune.evaluation.tasks.base import TaskOptions
 
@@ -29,8 +30,7 @@ def add_arguments(p):
     p.add_argument("--top-k", type=int, default=0, help="top-k sampling (default 0 = off)")
     p.add_argument("--num-samples", type=int, default=1, help="generations per prompt (default 1)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default 16)")
-    p.add_argument("--dtype", default=None, help="auto (checkpoint dtype, default), float32, bfloat16, float16")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    add_load_arguments(p, trust_remote_code=False)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 

@@ -1,5 +1,6 @@
 """layerprune prune MODEL (--drop SPEC | --method M (--num-drop N | --ratio R) [calibration] | --scores FILE) --out DIR"""
 
+from layerprune.commands._args import add_load_arguments
 from layerprune.commands.score import add_scoring_arguments, scoring_kwargs
 from layerprune.errors import UsageError
 from layerprune.pruning import prune, prune_scored
@@ -15,9 +16,7 @@ def add_arguments(p):
     add_scoring_arguments(p, required=False)
     p.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: the checkpoint's)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default: cpu)")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code")
+    add_load_arguments(p)
 
 
 def run(args) -> int:

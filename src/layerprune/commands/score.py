@@ -1,5 +1,6 @@
 """layerprune score MODEL --method M (--num-drop N | --ratio R) [--calibration SRC] ... --out scores.json"""
 
+from layerprune.commands._args import add_load_arguments
 from layerprune.scoring.files import score_model
 
 NAME = "score"
@@ -46,9 +47,7 @@ def add_arguments(p):
     add_scoring_arguments(p)
     p.add_argument("--out", required=True, help="scores file to write (JSON)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing scores file")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: the checkpoint's)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default: cpu)")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code")
+    add_load_arguments(p)
 
 
 def run(args) -> int:
