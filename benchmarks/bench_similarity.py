@@ -2,7 +2,7 @@
 `output_hidden_states`, then compute ShortGPT's per-token cosine as diag(X @ Yᵀ) over each batch's (B·T, D)
 rows. Prints time and peak-RSS ratios for two calibration sizes, and checks both give the same scores.
 
-    python benchmarks/bench_similarity.py [--hidden 128] [--layers 8] [--seq-len 256] [--batch 8]
+    python benchmarks/bench_similarity.py [--hidden 128] [--layers 8] [--vocab 32000] [--seq-len 256] [--batch 8]
 
 Each variant runs in its own subprocess so its peak resident memory (ru_maxrss above the post-setup level)
 is its own.
@@ -33,7 +33,8 @@ def setup(args):
 
     torch.manual_seed(0)
     cfg = LlamaConfig(hidden_size=args.hidden, intermediate_size=4 * args.hidden, num_hidden_layers=args.layers,
-                      num_attention_heads=4, num_key_value_heads=4, vocab_size=VOCAB, max_position_embeddings=4096)
+                      num_attention_heads=4, num_key_value_heads=4, vocab_size=max(VOCAB, args.vocab),
+                      max_position_embeddings=4096)  # a realistic vocab: the head is part of what full passes cost
     model = AutoModelForCausalLM.from_config(cfg).eval()
     source = DATA / "gsm8k" / "train.jsonl"
     spec = CalibrationSpec(str(source), text_field="question", seq_len=args.seq_len, num_samples=args.samples)
@@ -90,7 +91,7 @@ def child(args):
 def run_child(args, variant, samples):
     cmd = [sys.executable, __file__, "--child", "--variant", variant, "--samples", str(samples),
            "--criterion", args.criterion]
-    cmd += [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("hidden", "layers", "seq_len", "batch", "n")]
+    cmd += [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("hidden", "layers", "vocab", "seq_len", "batch", "n")]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -99,6 +100,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--vocab", type=int, default=32000, help="output vocabulary (the tokenizer uses the first 260)")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--n", type=int, default=2, help="block size for angular")
