@@ -20,6 +20,12 @@ def model_path(step_dir: Path) -> str:
     return json.loads((step_dir / "model.json").read_text())["path"]
 
 
+def model_dtype(step_dir: Path) -> str | None:
+    """The dtype a source model is loaded in (ModelConfig.dtype); derived checkpoints keep their own (None)."""
+    meta = step_dir / "model.json"
+    return json.loads(meta.read_text()).get("dtype") if meta.exists() else None
+
+
 def _resolve(path: str, base: Path) -> str:
     p = Path(path).expanduser()
     return str(p if p.is_absolute() or not (base / p).exists() else (base / p).resolve())
@@ -34,7 +40,8 @@ def run_model(ctx, out: Path) -> None:
         save_tiny(m.tiny.family, out / "model", seed=m.tiny.seed, num_layers=m.tiny.layers)
         return
     path = _resolve(m.path, ctx.base_dir)
-    (out / "model.json").write_text(json.dumps({"path": path, "fingerprint": fingerprint_source(path)}, indent=2))
+    (out / "model.json").write_text(json.dumps({"path": path, "dtype": m.dtype, "fingerprint": fingerprint_source(path)},
+                                               indent=2))
 
 
 def run_score(ctx, out: Path) -> None:
@@ -43,7 +50,7 @@ def run_score(ctx, out: Path) -> None:
     from layerprune.scoring import score
 
     p, cal = ctx.step.params, ctx.step.params["calibration"]
-    model, tokenizer = load_model(model_path(ctx.input(0)), device=ctx.cfg.device)
+    model, tokenizer = load_model(model_path(ctx.input(0)), dtype=model_dtype(ctx.input(0)), device=ctx.cfg.device)
     record = score(model, tokenizer, p["method"], num_drop=p["num_drop"], protected=p["protected"], seed=p["seed"],
                    calibration=_resolve(cal["source"], ctx.base_dir) if cal["source"] else None,
                    seq_len=cal["seq_len"], num_samples=cal["num_samples"], text_field=cal["text_field"],
@@ -65,6 +72,7 @@ def run_prune(ctx, out: Path) -> None:
 
     scores = json.loads((ctx.input(1) / "scores.json").read_text())
     prune(model_path(ctx.input(0)), scores["drop"], out / "model", method=scores["method"], scores=scores,
+          dtype=model_dtype(ctx.input(0)),
           device=ctx.cfg.device)
 
 
@@ -79,6 +87,7 @@ def run_eval(ctx, out: Path) -> None:
         system_prompt=p["system_prompt"], max_new_tokens=ev["max_new_tokens"], temperature=ev["temperature"],
         top_p=ev["top_p"], num_samples=ev["num_samples"])
     evaluate(model_path(ctx.input(0)), ev["tasks"], opts, out_dir=out, batch_size=ev["batch_size"],
+             dtype=model_dtype(ctx.input(0)),
              device=ctx.cfg.device, progress=False)
 
 
@@ -88,7 +97,8 @@ def run_speed(ctx, out: Path) -> None:
     from layerprune.study.speed import measure
 
     sp = ctx.step.params["speed"]
-    model, _ = load_model(model_path(ctx.input(0)), device=ctx.cfg.device, tokenizer=False)
+    model, _ = load_model(model_path(ctx.input(0)), dtype=model_dtype(ctx.input(0)), device=ctx.cfg.device,
+                          tokenizer=False)
     write_json(out / "speed.json", measure(model, sp["prompt_tokens"], sp["new_tokens"], sp["batch_size"],
                                            sp["repeats"], seed=ctx.step.params["seed"]))
 
@@ -128,7 +138,8 @@ def run_sgr(ctx, out: Path) -> None:
     work_file = ctx.work / "sgr.jsonl"
     generate_sgr(model_path(ctx.input(0)), str(ctx.input(1) / "prompts.jsonl"), work_file, seed=p["seed"],
                  shuffle_seed=p["seed"], max_new_tokens=sgr["max_new_tokens"], temperature=sgr["temperature"],
-                 top_p=sgr["top_p"], batch_size=sgr["batch_size"], device=ctx.cfg.device)
+                 top_p=sgr["top_p"], batch_size=sgr["batch_size"], device=ctx.cfg.device,
+                 dtype=model_dtype(ctx.input(0)))
     os.replace(work_file, out / "sgr.jsonl")
 
 

@@ -4,11 +4,13 @@
     names = known_tasks()
 
 Classification tasks: `choice.py`; GSM8K and MATH: `generative.py`; code: `code.py`; the paper's probes:
-`probes.py`. Each module exports `TASKS: dict[str, factory]`; this file is the one place they are joined.
+`probes.py`; the testbed's tasks: `layerprune/testbed/tasks.py`. Each module exports `TASKS: dict[str, factory]`;
+this file is the one place they are joined.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 from layerprune.errors import UsageError
@@ -28,12 +30,20 @@ TASKS: dict[str, Factory] = {
 }
 
 
+@functools.cache
+def registry() -> dict[str, Factory]:
+    """TASKS plus the testbed's `testbed_*` tasks (imported here, late: the testbed builds on this package)."""
+    from layerprune.testbed.tasks import TASKS as TESTBED
+
+    return {**TASKS, **TESTBED}
+
+
 def known_tasks() -> list[str]:
-    return sorted(TASKS)
+    return sorted(registry())
 
 
 def get_task(name: str) -> "Task | TaskGroup":
-    tasks = TASKS
+    tasks = registry()
     if name not in tasks:
         short = [n for n in sorted(tasks) if not n.startswith("mmlu_")]
         raise UsageError(f"unknown task {name!r}; known: {', '.join(short)}, mmlu_<subject> (57 subjects)")
