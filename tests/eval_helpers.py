@@ -154,3 +154,52 @@ def _extra_tasks(tmp: Path, limit: int, cache: Path) -> dict[str, str]:
     _yaml(tmp, "ref_hellaswag", _json_source(tmp / "hellaswag.jsonl", cache) +
           'doc_to_text: "{{query}}"\ndoc_to_choice: "choices"\ndoc_to_target: label\n' + both)
     return {"arc_challenge": "ref_arc_challenge", "openbookqa": "ref_openbookqa", "hellaswag": "ref_hellaswag"}
+
+
+_GSM8K_YAML = """task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    train: {data}/gsm8k/train.jsonl
+    test: {data}/gsm8k/test.jsonl
+  cache_dir: {cache}
+output_type: generate_until
+training_split: train
+fewshot_split: train
+test_split: test
+doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_target: "{{{{answer}}}}"
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+    ignore_case: true
+    ignore_punctuation: false
+    regexes_to_ignore: [",", "\\\\$", "(?s).*#### ", "\\\\.$"]
+generation_kwargs:
+  until: ["Question:", "</s>", "<|im_end|>"]
+  do_sample: false
+  temperature: 0.0
+  max_gen_toks: {max_gen}
+num_fewshot: 5
+filter_list:
+  - name: "strict-match"
+    filter:
+      - function: "regex"
+        regex_pattern: "#### (\\\\-?[0-9\\\\.\\\\,]+)"
+      - function: "take_first"
+  - name: "flexible-extract"
+    filter:
+      - function: "regex"
+        group_select: -1
+        regex_pattern: "(-?[$0-9.,]{{2,}})|(-?[0-9]+)"
+      - function: "take_first"
+"""
+
+
+def write_lmeval_gsm8k(tmp: Path, max_gen_toks: int, name: str = "ref_gsm8k") -> str:
+    """lm-eval 0.4.13's `gsm8k` task (5-shot, greedy, strict and flexible filters) over the local JSONL files,
+    with `max_gen_toks` new tokens at most; returns the lm-eval task name."""
+    (tmp / f"{name}.yaml").write_text(_GSM8K_YAML.format(name=name, data=DATA_DIR, cache=tmp / "hf_cache",
+                                                         max_gen=max_gen_toks))
+    return name

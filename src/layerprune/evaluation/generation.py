@@ -5,8 +5,9 @@
 What it does, and how it lines up with lm-eval's `HFLM.generate_until` (0.4.13):
 
 * Each request becomes `num_samples` rows. Rows are sorted by prompt length, longest first (lm-eval's
-  `Collator` key `(-len(tokens), context)`), cut into batches of `batch_size`, left-padded, and decoded
-  with a `DynamicCache`. Results come back in request order.
+  `Collator` key `(-len(tokens), context)`), cut into batches of `batch_size`, and decoded with a
+  `DynamicCache` laid out left-padded. Each prompt is prefilled alone (see `_prefill`). Results come back
+  in request order.
 * Prompts are encoded like `HFLM.tok_batch_encode`: the tokenizer's default special tokens (BOS for
   Llama-style tokenizers) unless the context already starts with the BOS string; left-truncated to
   `max_length - max_new_tokens`.
@@ -32,6 +33,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from transformers import DynamicCache, TopKLogitsWarper, TopPLogitsWarper
+from transformers.cache_utils import DynamicLayer
 
 from layerprune.errors import UsageError
 from layerprune.evaluation.hf_backend import resolve_max_length
@@ -132,22 +134,16 @@ def _decode(rows: list[_Row], model, tokenizer, eos_ids: set[int]) -> None:
     """Decode one batch until every row is finished; finished rows leave the batch and the cache."""
     device = model.device
     width = max(len(r.prompt) for r in rows)
-    input_ids = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T) left-padded; pad id is masked out
-    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T) 1 on real tokens
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T) 1 on real tokens, prompts right-aligned
     for i, row in enumerate(rows):
-        input_ids[i, width - len(row.prompt) :] = torch.tensor(row.prompt)
         mask[i, width - len(row.prompt) :] = 1
-    input_ids, mask = input_ids.to(device), mask.to(device)
+    mask = mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T) as HF generate: pads get position 0
-    cache = DynamicCache(config=model.config)
     cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     active = list(rows)
     with torch.inference_mode():
-        while active:
-            # HF generate drops an all-ones mask; doing the same keeps greedy outputs bit-identical to it
-            out = model(input_ids=input_ids, attention_mask=None if bool(mask.all()) else mask,
-                        position_ids=positions, use_cache=True, logits_to_keep=1, **{cache_kw: cache})
-            logits = out.logits[:, -1, :].float()  # (b, V) fp32, as HF generate
+        logits, cache = _prefill(rows, model, mask, positions, cache_kw)  # (B, V) fp32 at each last prompt token
+        while True:
             next_ids = _choose(logits, active).tolist()
             keep = [j for j, (row, tok) in enumerate(zip(active, next_ids)) if not _step(row, tok, tokenizer, eos_ids)]
             if not keep:
@@ -161,6 +157,42 @@ def _decode(rows: list[_Row], model, tokenizer, eos_ids: set[int]) -> None:
             input_ids = torch.tensor(next_ids, device=device).unsqueeze(1)  # (b, 1)
             mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
             positions = positions[:, -1:] + 1
+            # HF generate drops an all-ones mask; doing the same keeps greedy outputs bit-identical to it
+            out = model(input_ids=input_ids, attention_mask=None if bool(mask.all()) else mask,
+                        position_ids=positions, use_cache=True, logits_to_keep=1, **{cache_kw: cache})
+            logits = out.logits[:, -1, :].float()  # (b, V) fp32, as HF generate
+
+
+def _prefill(rows: list[_Row], model, mask: torch.Tensor, positions: torch.Tensor, cache_kw: str):
+    """Run the prompts; (last-position logits (B, V) fp32, cache laid out left-padded to mask's width).
+
+    With plain full-attention cache layers each prompt runs alone: no pad tokens are computed and attention
+    takes the causal fast path instead of a (B, 1, T, T) padding mask (on CPU ~2x faster for 5-shot GSM8K at
+    batch 16), and each row's prefill is exactly lm-eval's batch-size-1 one. The keys/values are then copied
+    right-aligned into one (B, kv_heads, T, head_dim) tensor per layer; the zeros at pad slots are masked out.
+    Sliding-window, linear-attention or other cache layers keep the padded batched prefill."""
+    device, width = model.device, mask.shape[1]
+    if not all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers):
+        input_ids = torch.zeros(mask.shape, dtype=torch.long)  # (B, T) left-padded; pad id is masked out
+        for i, row in enumerate(rows):
+            input_ids[i, width - len(row.prompt) :] = torch.tensor(row.prompt)
+        cache = DynamicCache(config=model.config)
+        out = model(input_ids=input_ids.to(device), attention_mask=None if bool(mask.all()) else mask,
+                    position_ids=positions, use_cache=True, logits_to_keep=1, **{cache_kw: cache})
+        return out.logits[:, -1, :].float(), cache
+    logits, merged = [], None
+    for i, row in enumerate(rows):
+        cache = DynamicCache(config=model.config)
+        out = model(input_ids=torch.tensor([row.prompt], device=device), use_cache=True, logits_to_keep=1,
+                    **{cache_kw: cache})
+        logits.append(out.logits[0, -1].float())  # (V,)
+        if merged is None:  # per layer (keys, values), each (B, kv_heads, T, head_dim)
+            merged = [tuple(t.new_zeros((len(rows), t.shape[1], width, t.shape[3])) for t in (lay.keys, lay.values))
+                      for lay in cache.layers]
+        for (keys, values), layer in zip(merged, cache.layers):
+            keys[i, :, width - len(row.prompt) :] = layer.keys[0]
+            values[i, :, width - len(row.prompt) :] = layer.values[0]
+    return torch.stack(logits), DynamicCache(ddp_cache_data=merged, config=model.config)
 
 
 def _choose(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
