@@ -11,7 +11,7 @@ from layerprune.study.plan import make_plan
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("**/*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*/*.yaml")), ids=lambda p: p.name)  # demo.yaml: test_demo
 def test_shipped_configs_validate_and_plan(path, capsys):
     assert main(["validate", str(path)]) == 0
     assert "valid" in capsys.readouterr().out

@@ -8,7 +8,7 @@ HELP = "train the small from-scratch testbed model, or write its chat-style SGR 
 
 def add_arguments(p):
     sub = p.add_subparsers(dest="testbed_action", metavar="ACTION")
-    t = sub.add_parser("train", help="train the testbed model from scratch on CPU (the shipped one took ~50 min)")
+    t = sub.add_parser("train", help="train the testbed model from scratch on CPU (the shipped one: 1368 steps, 30 min on 2 shared cores)")
     t.add_argument("--out", default="testbed-model", help="output directory (default: testbed-model)")
     t.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: the recipe's)")
     t.add_argument("--seed", type=int, default=0, help="seed of the tokenizer, weights and data (default 0)")

@@ -10,6 +10,7 @@ mean of its tasks' values; each task is resampled independently.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,8 +102,11 @@ def _estimate(fn, arrays: list[list[np.ndarray]], n_boot: int, confidence: float
         points.append(fn(*(np.asarray(v.mean()) for v in per_model)))
         idx = rng.integers(0, n, size=(n_boot, n))  # (B, n) resampled document indices, shared by all models
         reps.append(fn(*(v[idx].mean(axis=1) for v in per_model)))  # (B,)
-    point = float(np.mean(points))
-    return _ci(point, np.mean(np.stack(reps), axis=0), confidence)
+    # a task where the ratio is undefined (e.g. baseline == pruned for recovery) drops out of the mean
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices → NaN, reported as n/a
+        point = float(np.nanmean(points))
+        return _ci(point, np.nanmean(np.stack(reps), axis=0), confidence)
 
 
 def safe_ratio(points: list[tuple[float, Estimate]], threshold: float) -> float:

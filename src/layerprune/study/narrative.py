@@ -11,6 +11,8 @@ from collections import defaultdict
 
 
 def _fmt(e: dict) -> str:
+    if e["value"] != e["value"]:
+        return "n/a (undefined: no difference to divide by)"
     if e["lo"] != e["lo"]:
         return f"{100 * e['value']:.0f}%"
     return f"{100 * e['value']:.0f}% [{100 * e['lo']:.0f}, {100 * e['hi']:.0f}]"

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from layerprune.errors import UsageError
+from layerprune.provenance import make_publishable
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS steps (
     id TEXT PRIMARY KEY, kind TEXT, label TEXT, status TEXT, started REAL, finished REAL, seconds REAL,
@@ -70,6 +71,7 @@ class Store:
         try:
             yield tmp
             (tmp / "step.json").write_text(json.dumps(meta, indent=2) + "\n")
+            make_publishable(tmp)
             if final.exists():  # an incomplete leftover (no step.json) from a crashed run
                 shutil.rmtree(final)
             os.replace(tmp, final)
