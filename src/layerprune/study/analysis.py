@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from layerprune.study.metrics import Estimate, load_scores, recovery, retention, safe_ratio
+from layerprune.study.metrics import Estimate, load_scores, recovery, recovery_gap, retention, safe_ratio
 from layerprune.study.store import Store
 
 KINDS = ("classification", "generative")
@@ -57,11 +57,32 @@ def analyze(root: Path, threshold: float = 0.9, n_boot: int = 1000, confidence: 
         "variants": len(variants), "evaluated": len(done),
         "tasks": _task_table(done, scores),
         "retention": rows,
+        "sgr_vs_original": _sgr_gap(done, scores, base, n_boot, confidence),
         "safe_depth": _safe_depth(rows, threshold),
         "speed": _speed(done, store, base),
         "layer_scores": _layer_scores(plan, store),
         "diagnostics": _diagnostics(done, store),
     }
+
+
+def _sgr_gap(done: list[dict], scores: dict, base: dict, n_boot: int, confidence: float) -> list[dict]:
+    """Per cut and task type: recovery(SGR) − recovery(original responses), paired bootstrap CI."""
+    out = []
+    for p in done:
+        if p["criterion"] is None or p["arm"] != "none" or p["model"] not in base:
+            continue
+        arms = {v["arm"]: v for v in done if _same_cut(v, p)}
+        if not {"sgr", "original"} <= arms.keys():
+            continue
+        b = base[p["model"]]
+        for kind in KINDS:
+            tasks = [t for t, s in scores[b["eval"]].items() if s.kind == kind]
+            if tasks:
+                vals = lambda var: [scores[var["eval"]][t].values for t in tasks]  # noqa: E731
+                gap = recovery_gap(vals(arms["sgr"]), vals(arms["original"]), vals(p), vals(b), n_boot, confidence)
+                out.append({k: p[k] for k in ("model", "criterion", "num_drop", "ratio")} | {"kind": kind,
+                                                                                           "gap": gap.as_dict()})
+    return out
 
 
 def _same_cut(a: dict, b: dict) -> bool:

@@ -92,6 +92,15 @@ def recovery(healed: list[np.ndarray], pruned: list[np.ndarray], baseline: list[
     return _estimate(lambda h, p, b: _ratio(h - p, b - p), [healed, pruned, baseline], n_boot, confidence, seed)
 
 
+def recovery_gap(healed_a: list[np.ndarray], healed_b: list[np.ndarray], pruned: list[np.ndarray],
+                 baseline: list[np.ndarray], n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> Estimate:
+    """Recovery of arm a minus recovery of arm b, paired over documents: a CI excluding 0 is a real difference."""
+    def gap(a, b, p, base):
+        return _ratio(a - p, base - p) - _ratio(b - p, base - p)
+
+    return _estimate(gap, [healed_a, healed_b, pruned, baseline], n_boot, confidence, seed)
+
+
 def _estimate(fn, arrays: list[list[np.ndarray]], n_boot: int, confidence: float, seed: int) -> Estimate:
     rng = np.random.default_rng(seed)
     points, reps = [], []

@@ -1,8 +1,9 @@
 """Plain-language findings from the analysis summary, stated with their intervals, whatever they show.
 
 Three questions from the paper: does classification retain more than generative reasoning after pruning; does
-SGR healing recover more than healing on the dataset's original responses; does recovery shrink at higher
-ratios. Each answer says when the intervals overlap instead of claiming a difference.
+SGR healing recover more than healing on the dataset's original responses (judged on the paired bootstrap CI of
+the difference); does retention fall at higher ratios. Each answer says when the data cannot tell instead of
+claiming a difference.
 """
 
 from __future__ import annotations
@@ -29,8 +30,28 @@ def _compare(a: dict, b: dict) -> str:
 
 
 def findings(s: dict) -> list[str]:
-    out = _kind_gap(s) + _sgr_vs_original(s) + _ratio_trend(s)
-    return out or ["Not enough finished evaluations to compare anything yet."]
+    details = _kind_gap(s) + _sgr_vs_original(s) + _ratio_trend(s)
+    if not details:
+        return ["Not enough finished evaluations to compare anything yet."]
+    return _overview(s) + details
+
+
+def _overview(s: dict) -> list[str]:
+    """One line per question: how many comparisons came out which way."""
+    out = []
+    gaps = [line for line in _kind_gap(s)]
+    if gaps:
+        more = sum("retains more than" in line for line in gaps)
+        out.append(f"Overview — classification vs. generative: classification retained more in {more} of "
+                   f"{len(gaps)} pruned models (non-overlapping 95% intervals); see the lines below.")
+    sgr = [g["gap"] for g in s.get("sgr_vs_original", [])]
+    if sgr:
+        better = sum(g["lo"] == g["lo"] and g["lo"] > 0 for g in sgr)
+        worse = sum(g["hi"] == g["hi"] and g["hi"] < 0 for g in sgr)
+        out.append(f"Overview — SGR vs. original responses: SGR recovered more in {better}, original responses in "
+                   f"{worse}, and the data could not tell in {len(sgr) - better - worse} of {len(sgr)} comparisons "
+                   "(paired bootstrap CI of the recovery difference).")
+    return out
 
 
 def _kind_gap(s: dict) -> list[str]:
@@ -55,11 +76,18 @@ def _sgr_vs_original(s: dict) -> list[str]:
         if "recovery" in r:
             rec[(r["model"], r["criterion"], r["num_drop"], r["kind"])][r["arm"]] = r["recovery"]
     out = []
-    for (model, crit, n, kind), arms in sorted(rec.items()):
-        if "sgr" in arms and "original" in arms:
-            verdict = _compare(arms["sgr"], arms["original"])
-            out.append(f"{model}, {crit}, {n} layers, {kind}: recovery with SGR {_fmt(arms['sgr'])} vs. original "
-                       f"responses {_fmt(arms['original'])} — SGR is {verdict}.")
+    for g in s.get("sgr_vs_original", []):
+        arms = rec[(g["model"], g["criterion"], g["num_drop"], g["kind"])]
+        gap = g["gap"]
+        if gap["lo"] == gap["lo"] and gap["lo"] > 0:
+            verdict = "SGR recovers more"
+        elif gap["hi"] == gap["hi"] and gap["hi"] < 0:
+            verdict = "original responses recover more"
+        else:
+            verdict = "no difference the data can resolve"
+        out.append(f"{g['model']}, {g['criterion']}, {g['num_drop']} layers, {g['kind']}: recovery with SGR "
+                   f"{_fmt(arms['sgr'])} vs. original responses {_fmt(arms['original'])}; paired difference "
+                   f"{_fmt(gap)} — {verdict}.")
     return out
 
 
