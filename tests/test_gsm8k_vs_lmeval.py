@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from eval_helpers import write_lmeval_gsm8k
 from fixtures.tiny_lm import build_tiny_lm, save_tiny_lm
 from layerprune.evaluation.data import resolve_data_dir
 from layerprune.evaluation.hf_backend import HFBackend
@@ -16,46 +17,6 @@ from layerprune.evaluation.tasks.generative import GSM8K
 DATA = resolve_data_dir(None)
 LIMIT, MAX_GEN = 5, 32
 
-YAML = """task: gsm8k_local
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    train: {data}/gsm8k/train.jsonl
-    test: {data}/gsm8k/test.jsonl
-output_type: generate_until
-training_split: train
-fewshot_split: train
-test_split: test
-doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
-doc_to_target: "{{{{answer}}}}"
-metric_list:
-  - metric: exact_match
-    aggregation: mean
-    higher_is_better: true
-    ignore_case: true
-    ignore_punctuation: false
-    regexes_to_ignore: [",", "\\\\$", "(?s).*#### ", "\\\\.$"]
-generation_kwargs:
-  until: ["Question:", "</s>", "<|im_end|>"]
-  do_sample: false
-  temperature: 0.0
-  max_gen_toks: {max_gen}
-num_fewshot: 5
-filter_list:
-  - name: "strict-match"
-    filter:
-      - function: "regex"
-        regex_pattern: "#### (\\\\-?[0-9\\\\.\\\\,]+)"
-      - function: "take_first"
-  - name: "flexible-extract"
-    filter:
-      - function: "regex"
-        group_select: -1
-        regex_pattern: "(-?[$0-9.,]{{2,}})|(-?[0-9]+)"
-      - function: "take_first"
-"""
-
-
 @pytest.mark.slow  # ~10-25 s: lm-eval builds its task and runs HFLM
 @pytest.mark.skipif(DATA is None or not (DATA / "gsm8k").is_dir(), reason="shared data folder absent")
 def test_greedy_generations_and_scores_equal_lm_eval(tmp_path):
@@ -65,11 +26,11 @@ def test_greedy_generations_and_scores_equal_lm_eval(tmp_path):
 
     model_dir = save_tiny_lm(tmp_path / "model")
     (tmp_path / "tasks").mkdir()
-    (tmp_path / "tasks" / "gsm8k_local.yaml").write_text(YAML.format(data=DATA, max_gen=MAX_GEN))
+    name = write_lmeval_gsm8k(tmp_path / "tasks", MAX_GEN)
     lm = HFLM(pretrained=str(model_dir), device="cpu", batch_size=1, dtype="float32")
-    out = simple_evaluate(model=lm, tasks=["gsm8k_local"], limit=LIMIT, log_samples=True,
+    out = simple_evaluate(model=lm, tasks=[name], limit=LIMIT, log_samples=True,
                           task_manager=TaskManager(include_path=str(tmp_path / "tasks"), include_defaults=False))
-    by_filter = {(s["doc_id"], s["filter"]): s for s in out["samples"]["gsm8k_local"]}  # one entry per filter
+    by_filter = {(s["doc_id"], s["filter"]): s for s in out["samples"][name]}  # one entry per filter
 
     model, tokenizer = build_tiny_lm()
     _, rows = run_task(GSM8K(), HFBackend(model, tokenizer, batch_size=3, progress=False),
