@@ -1,6 +1,8 @@
 """`sleb` (cached entering states, only later layers re-run) vs naive greedy re-evaluation (physically remove
 every candidate on a copy and run the whole model). Counts decoder-layer forwards by hooking each layer's
 first submodule (a stubbed layer never calls it), checks both choose the same layers, prints both times.
+Then a sweep of sizes 1..drop (what a study with several ratios needs): the one run above answers every size
+from its first n rounds, against one run per size; checks each size's layers equal its own run's.
 
     python benchmarks/bench_sleb.py [--layers 16] [--drop 4] [--samples 8] [--seq-len 64]
 """
@@ -88,6 +90,15 @@ def main():
           f"ratio {ours_count / naive.count:.3f}")
     print(f"time: sleb {t_ours:.2f}s, naive {t_naive:.2f}s; chosen sleb {rec['drop']} naive {chosen}; "
           f"identical: {rec['drop'] == chosen}")
+
+    sizes = list(range(1, args.drop + 1))
+    sweep = score(model, None, "sleb", num_drop=sizes, calibration=cal, protected=protected, batch_size=4)
+    alone = {n: score(model, None, "sleb", num_drop=n, calibration=cal, protected=protected, batch_size=4)
+             for n in sizes}
+    per_size = sum(r["layer_forwards"] for r in alone.values())
+    same = all(sweep["drops"][str(n)] == alone[n]["drop"] for n in sizes)
+    print(f"sweep of sizes {sizes}: one run {sweep['layer_forwards']} layer forwards, one run per size "
+          f"{per_size}, ratio {sweep['layer_forwards'] / per_size:.3f}; same layers per size: {same}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from layerprune.calibration import CalibrationSpec, load_calibration
 from layerprune.errors import UsageError
 from layerprune.families import decoder_layers, final_norm, get_module, spec_for
 from layerprune.scoring import SCORERS, score
-from layerprune.scoring.selection import best_block, parse_protect, resolve_num_drop
+from layerprune.scoring.selection import best_block, one_size, parse_protect, resolve_sizes
 from layerprune.surgery import remove_layers
 from layerprune.tiny import tiny_model, tiny_tokenizer
 
@@ -167,19 +167,38 @@ def test_reverse_random_and_protection(cal):
 
 
 def test_selection_rules():
-    assert resolve_num_drop(32, ratio=0.25) == 8 and resolve_num_drop(6, ratio=0.1) == 1
+    assert resolve_sizes(32, ratio=0.25) == [8] and resolve_sizes(6, ratio=0.1) == [1]
+    assert resolve_sizes(32, ratio=[0.25, 0.125, 0.13]) == [4, 8] and resolve_sizes(8, num_drop=[3, 1, 3]) == [1, 3]
+    with pytest.raises(UsageError, match="one set of layers"):
+        one_size(8, num_drop=[1, 2])
     assert parse_protect("0-2,-1", 8) == [0, 1, 2, 7] and parse_protect("none", 8) == []
     assert best_block([0.3, 0.1, 0.2, 0.0], 2, protected=[3]) == [1, 2]  # starts 2 and 3 cover layer 3
     assert best_block([0.3, 0.1, 0.2, 0.5], 2, protected=[], highest=True) == [3, 4]
     bad = {"num_drop=0": dict(num_drop=0), "num_drop=L": dict(num_drop=6), "ratio=1": dict(ratio=1.0),
-           "ratio=0": dict(ratio=0.0), "both": dict(num_drop=1, ratio=0.5), "neither": {}}
+           "ratio=0": dict(ratio=0.0), "both": dict(num_drop=1, ratio=0.5), "neither": {},
+           "one bad of several": dict(num_drop=[1, 6]), "one bad ratio": dict(ratio=[0.5, 1.0])}
     for name, kw in bad.items():
         with pytest.raises(UsageError):
-            resolve_num_drop(6, **kw)
+            resolve_sizes(6, **kw)
     with pytest.raises(UsageError, match="protected"):
         score(tiny_model("llama"), None, "reverse", num_drop=3, protected="0-3")
     with pytest.raises(UsageError, match="unknown method 'nope'; known: reverse, random, bi"):
         score(tiny_model("llama"), None, "nope", num_drop=1)
+
+
+@pytest.mark.parametrize("method", ["reverse", "random", "bi", "angular", "cosine_block", "ppl", "taylor", "sleb"])
+def test_one_run_serves_several_sizes_exactly(method, cal):
+    # Block criteria score every size from one pass; iterative ones answer n from their first n rounds.
+    model = tiny_model("qwen2", seed=5, num_layers=7)
+    kw = dict(calibration=cal, protected=[0], batch_size=2, seed=1)
+    many = score(model, None, method, num_drop=[3, 1, 2], **kw)
+    assert many["params"]["sizes"] == [1, 2, 3] and many["drop"] == many["drops"]["3"]
+    for n in (1, 2, 3):
+        one = score(model, None, method, num_drop=n, **kw)
+        assert many["drops"][str(n)] == one["drop"], n
+        if method in ("angular", "cosine_block"):
+            assert many["block_scores"][str(n)] == pytest.approx(one["scores"], abs=1e-12)
+    assert many["scores"] == pytest.approx(one["scores"], abs=1e-12)  # the largest size's
 
 
 def test_every_scorer_is_documented():
@@ -250,7 +269,7 @@ def test_score_cli_bad_input(case, saved, tmp_path, capsys):
     assert not out.parent.exists()
 
 
-def test_prune_by_method_then_reuse_scores(saved, text_file, tmp_path):
+def test_prune_by_method_then_reuse_scores(saved, text_file, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
     from layerprune.surgery import skipped_layers
@@ -274,6 +293,21 @@ def test_prune_by_method_then_reuse_scores(saved, text_file, tmp_path):
     assert _cli("prune", saved, "--scores", scores, "--out", again) == 0
     rec2 = json.loads((again / "pruning.json").read_text())
     assert rec2["removed"] == record["removed"] and rec2["scores"]["scores"] == record["scores"]["scores"]
+    # one scores file for several ratios: prune picks a size, and refuses to guess or invent one
+    multi = tmp_path / "multi.json"
+    assert _cli("score", saved, "--method", "bi", "--ratio", "0.2,0.34", "--calibration", text_file, *CAL,
+                "--out", multi) == 0
+    assert json.loads(multi.read_text())["drops"]["2"] == record["removed"]
+    picked = tmp_path / "picked"
+    assert _cli("prune", saved, "--scores", multi, "--ratio", "0.34", "--out", picked) == 0
+    assert json.loads((picked / "pruning.json").read_text())["removed"] == record["removed"]
+    for args, message in ((["--scores", multi], "holds drops for 1, 2 layers; choose one with --num-drop"),
+                          (["--scores", multi, "--num-drop", "3"], "not 3; rescore with --num-drop 3"),
+                          (["--method", "bi", "--num-drop", "1,2", "--calibration", text_file],
+                           "pruning removes one set of layers")):
+        assert _cli("prune", saved, *args, "--out", tmp_path / "z") == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "z").exists()
     # a scores file for another model is refused; --drop and --method together are refused
     assert _cli("prune", out, "--scores", scores, "--out", tmp_path / "x") == 2
     assert _cli("prune", saved, "--drop", "1", "--method", "bi", "--num-drop", "1", "--out", tmp_path / "y") == 2

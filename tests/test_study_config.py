@@ -28,6 +28,15 @@ def test_paper_configs_share_work():
     assert len(baseline) == 1 and baseline[0]["num_layers"] == 28
 
 
+def test_one_score_step_serves_every_size():
+    plan = make_plan(load_study_config(CONFIGS / "ci" / "tiny.yaml"))  # reverse, bi × ratios 0.34, 0.5 of 6
+    scores = [s for s in plan.steps if s.kind == "score"]
+    assert [(s.params["method"], s.params["num_drop"]) for s in scores] == [("reverse", [2, 3]), ("bi", [2, 3])]
+    prunes = [s for s in plan.steps if s.kind == "prune"]
+    assert sorted(s.params["num_drop"] for s in prunes) == [2, 2, 3, 3]
+    assert all(s.deps[1] in {x.id for x in scores} for s in prunes)
+
+
 def test_plan_ids_are_stable_and_input_derived(tmp_path):
     a = make_plan(load_study_config(CONFIGS / "ci" / "tiny.yaml"))
     b = make_plan(load_study_config(CONFIGS / "ci" / "tiny.yaml"))

@@ -76,6 +76,13 @@ def test_report_has_every_section(reference):
     summary = json.loads((root / "summary.json").read_text())
     assert {r["kind"] for r in summary["retention"]} == {"classification"}
     assert len(summary["safe_depth"]) == 2  # (reverse, bi) × classification, arm none
+    # one bi score step for both sizes; each pruned model removed that size's layers from it
+    (bi,) = [d for d in (root / "steps").iterdir() if (d / "scores.json").exists()
+             and json.loads((d / "scores.json").read_text())["method"] == "bi"]
+    drops = json.loads((bi / "scores.json").read_text())["drops"]
+    removed = sorted(json.loads(p.read_text())["removed"] for p in (root / "steps").glob("*/model/pruning.json")
+                     if json.loads(p.read_text())["method"] == "bi")
+    assert set(drops) == {"1", "2"} and removed == sorted(drops.values())
 
 
 def test_same_seed_same_numbers(reference, tmp_path):

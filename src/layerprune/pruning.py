@@ -55,9 +55,11 @@ def prune_scored(
     **score_kwargs: Any,
 ) -> dict[str, Any]:
     """Score `model` with `method` (kwargs as for `layerprune.scoring.score`), or reuse the scores file
-    `scores`, then remove the chosen layers and save; the scores record is copied into pruning.json."""
+    `scores` (`num_drop`/`ratio` pick one of its sizes), then remove the chosen layers and save; the scores
+    record is copied into pruning.json."""
     from layerprune.scoring import score
-    from layerprune.scoring.files import preflight, read_scores, with_source
+    from layerprune.scoring.files import drop_for, preflight, read_scores, with_source
+    from layerprune.scoring.selection import one_size
 
     if (method is None) == (scores is None):
         raise UsageError("give exactly one of --method M or --scores scores.json")
@@ -66,15 +68,18 @@ def prune_scored(
     if scores is not None:
         record = read_scores(scores)
         _check_scored_model(record, scores, n)
+        drop = drop_for(record, scores, score_kwargs.get("num_drop"), score_kwargs.get("ratio"))
     else:
+        one_size(n, score_kwargs.get("num_drop"), score_kwargs.get("ratio"))
         score_kwargs = preflight(model, method, trust_remote_code, **score_kwargs)
     net, tokenizer = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     if scores is None:
         record = with_source(score(net, tokenizer, method, **score_kwargs), model, net)
+        drop = record["drop"]
     elif record["model"].get("fingerprint") not in (None, fingerprint_source(model, net)):
         raise UsageError(f"{scores} was computed for a different model ({record['model'].get('source')}); "
                          f"rescore {model} with `layerprune score`")
-    drop = validate_drop(record["drop"], n)
+    drop = validate_drop(drop, n)
     return _remove_and_save(model, net, tokenizer, drop, n, out, overwrite, record["method"], record)
 
 

@@ -1,4 +1,6 @@
-"""layerprune score MODEL --method M (--num-drop N | --ratio R) [--calibration SRC] ... --out scores.json"""
+"""layerprune score MODEL --method M (--num-drop N[,N...] | --ratio R[,R...]) [--calibration SRC] ... --out scores.json"""
+
+import argparse
 
 from layerprune.commands._args import add_load_arguments
 from layerprune.scoring.files import score_model
@@ -12,8 +14,10 @@ def add_scoring_arguments(p, required: bool = True):
     """Options shared by `score` and `prune --method`."""
     p.add_argument("--method", required=required, help=f"criterion: {METHODS}")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--num-drop", type=int, default=None, help="number of layers to drop")
-    size.add_argument("--ratio", type=float, default=None, help="fraction of layers to drop (rounded down, >= 1)")
+    size.add_argument("--num-drop", type=_list_of(int), default=None,
+                      help="number of layers to drop; `score` takes several, e.g. 2,4,6 (one run serves all)")
+    size.add_argument("--ratio", type=_list_of(float), default=None,
+                      help="fraction of layers to drop (rounded down, >= 1); `score` takes several, e.g. 0.125,0.25")
     p.add_argument("--calibration", default=None,
                    help="calibration text: FILE.txt, FILE.jsonl (see --text-field) or hub dataset name[:config] "
                         "(default: the method's source-paper dataset, needs a hub)")
@@ -32,6 +36,16 @@ def add_scoring_arguments(p, required: bool = True):
     p.add_argument("--batch-size", type=int, default=4, help="calibration windows per forward pass (default 4)")
     p.add_argument("--tasks", default=None, help="task_iterative only: comma-separated evaluation tasks")
     p.add_argument("--task-samples", type=int, default=None, help="task_iterative only: documents per task")
+
+
+def _list_of(kind):
+    def parse(text: str) -> list:
+        try:
+            return [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__}") from None
+
+    return parse
 
 
 def scoring_kwargs(args) -> dict:
@@ -53,5 +67,7 @@ def add_arguments(p):
 def run(args) -> int:
     rec = score_model(args.model, args.out, args.method, overwrite=args.overwrite, dtype=args.dtype,
                       device=args.device, trust_remote_code=args.trust_remote_code, **scoring_kwargs(args))
-    print(f"{args.method}: drop {rec['drop']} of {rec['model']['num_layers']} layers; wrote {args.out}")
+    for n, drop in rec["drops"].items():
+        print(f"{args.method}: drop {drop} of {rec['model']['num_layers']} layers")
+    print(f"wrote {args.out}")
     return 0

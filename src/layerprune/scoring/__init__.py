@@ -5,6 +5,9 @@
     record["drop"]      # original 0-based indices to remove, sorted
     record["scores"]    # one per layer (or per block start: record["granularity"] == "block")
 
+    record = score(model, tokenizer, "angular", num_drop=[2, 4, 6], calibration="notes.txt")
+    record["drops"]     # {"2": [...], "4": [...], "6": [...]}: several sizes from one run ("drop" = the largest)
+
 `SCORERS` is the one registry: name → `Scorer` (function, summary, the source paper's calibration default,
 default protected layers). Each criterion is a small module whose docstring gives its formula and paper.
 Layer outputs are read before the final norm (`layerprune.activations`); ``post_norm=True`` reproduces the
@@ -14,7 +17,7 @@ anchors' use of HF ``hidden_states[L]``.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from layerprune.calibration import Calibration, CalibrationSpec, load_calibration
 from layerprune.errors import UsageError
@@ -22,7 +25,7 @@ from layerprune.families import num_layers as count_layers
 from layerprune.provenance import now, versions
 from layerprune.scoring import ablation, similarity, simple, task, taylor
 from layerprune.scoring.base import Context, Scorer
-from layerprune.scoring.selection import check_room, parse_protect, resolve_num_drop
+from layerprune.scoring.selection import check_room, choose, parse_protect, resolve_sizes
 
 
 def _plus_heuristic(n: int) -> list[int]:  # Shortened LLaMA's "+": never the first four or the last two
@@ -68,19 +71,25 @@ def calibration_spec(method: str, source: str | None = None, **overrides: Any) -
     return CalibrationSpec(**{**anchor.__dict__, **({"source": source} if source else {}), **fields})
 
 
-def score(model, tokenizer, method: str, num_drop: int | None = None, ratio: float | None = None,
+def score(model, tokenizer, method: str, num_drop: int | Sequence[int] | None = None,
+          ratio: float | Sequence[float] | None = None,
           calibration: str | Calibration | None = None, protected: str | list[int] | None = None,
           seed: int | None = None, seq_len: int | None = None, num_samples: int | None = None,
           text_field: str | None = None, split: str | None = None, bos: bool | None = None,
           post_norm: bool = False, batch_size: int = 4, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score `model`'s decoder layers with `method` and choose `num_drop` (or `ratio` of) layers to drop.
 
+    Several sizes (``num_drop=[2, 4]`` or ``ratio=[0.125, 0.25]``) cost one run: similarity criteria score
+    every block size from the same forward passes, and iterative ones run the largest number of rounds, whose
+    first n choices are exactly what a run for n chooses. ``record["drops"]`` maps each size to its layers.
+
     `calibration` is a prepared `Calibration`, a source (.txt, .jsonl, hub id ``name[:config]``), or None
     for the method's anchor default. `protected` None means the method's default (e.g. sleb: first and last).
     """
     scorer = get_scorer(method)
     n_layers = count_layers(model.config)
-    n_drop = resolve_num_drop(n_layers, num_drop, ratio)
+    sizes = resolve_sizes(n_layers, num_drop, ratio)
+    n_drop = sizes[-1]
     protect = parse_protect(protected, n_layers) if protected is not None else sorted(scorer.protect(n_layers))
     check_room(n_layers, n_drop, protect)
     if batch_size < 1:
@@ -93,23 +102,28 @@ def score(model, tokenizer, method: str, num_drop: int | None = None, ratio: flo
         cal = load_calibration(tokenizer, spec)
     t1 = time.perf_counter()
     ctx = Context(model, tokenizer, n_layers, n_drop, protect, seed=0 if seed is None else seed,
-                  post_norm=post_norm, batch_size=batch_size, calibration=cal, options=dict(options or {}))
+                  post_norm=post_norm, batch_size=batch_size, calibration=cal, options=dict(options or {}),
+                  sizes=sizes)
     result = scorer.fn(ctx)
+    drops = {str(n): choose(result, n, protect) for n in sizes}
     t2 = time.perf_counter()
     record = {
         "format": "layerprune.scores/1",
         "method": method,
         "summary": scorer.summary,
         "model": {"family": model.config.model_type, "num_layers": n_layers},
-        "params": {"num_drop": n_drop, "ratio": ratio, "protected": protect, "seed": ctx.seed,
+        "params": {"num_drop": n_drop, "sizes": sizes, "ratio": ratio, "protected": protect, "seed": ctx.seed,
                    "post_norm": post_norm, "batch_size": batch_size, "hidden_states": _hidden_note(post_norm),
                    **({"options": ctx.options} if ctx.options else {})},
         "calibration": cal.description if cal is not None else None,
         "granularity": result.granularity,
         "select": result.select,
         "scores": result.scores,
-        "drop": result.drop,
+        "drop": drops[str(n_drop)],
+        "drops": drops,
     }
+    if result.by_size is not None and len(sizes) > 1:
+        record["block_scores"] = {str(n): v for n, v in result.by_size.items()}
     if result.rounds is not None:
         record["rounds"] = result.rounds
     record.update(result.extra)

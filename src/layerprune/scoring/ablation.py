@@ -20,7 +20,6 @@ import torch.nn.functional as F
 
 from layerprune.activations import LayerRunner
 from layerprune.scoring.base import Context, Result
-from layerprune.scoring.selection import lowest
 
 
 def next_token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> float:
@@ -54,7 +53,7 @@ def ppl(ctx: Context) -> Result:
     tokens = _predicted_tokens(ctx)
     scores = [math.exp(nll[j] / tokens) if j in nll else None for j in range(ctx.num_layers)]
     extra = {"baseline_ppl": math.exp(base / tokens), "layer_forwards": runner.layer_forwards}
-    return Result(scores, lowest(scores, ctx.num_drop, ctx.protected), select="lowest", extra=extra)
+    return Result(scores, select="lowest", extra=extra)
 
 
 def sleb(ctx: Context) -> Result:
@@ -70,5 +69,5 @@ def sleb(ctx: Context) -> Result:
         removed.add(chosen)
     first = rounds[0]["nll"]
     scores = [first.get(str(j)) for j in range(ctx.num_layers)]
-    return Result(scores, sorted(removed), select="lowest", rounds=rounds,
+    return Result(scores, select="lowest", rounds=rounds,
                   extra={"layer_forwards": runner.layer_forwards, "predicted_tokens": _predicted_tokens(ctx)})

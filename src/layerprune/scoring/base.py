@@ -13,22 +13,26 @@ class Context:
     model: Any  # a transformers causal LM in eval mode
     tokenizer: Any
     num_layers: int
-    num_drop: int
+    num_drop: int  # the largest size asked for; iterative criteria run this many rounds
     protected: list[int]
     seed: int = 0
     post_norm: bool = False  # compare against HF hidden_states[L] (after the final norm) like the anchors
     batch_size: int = 4
     calibration: Calibration | None = None
     options: dict[str, Any] = field(default_factory=dict)  # criterion-specific (e.g. task_iterative's tasks)
+    sizes: list[int] = field(default_factory=list)  # every size to answer (block criteria score each); sorted
+
+    def __post_init__(self):
+        self.sizes = sorted(set(self.sizes) | {self.num_drop})
 
 
 @dataclass
 class Result:
-    scores: list[float | None]  # per layer, or per block start for granularity "block"
-    drop: list[int]  # original 0-based indices, sorted
+    scores: list[float | None]  # per layer, or per block start (for the largest block size) if "block"
     select: str  # "lowest" | "highest": which scores are dropped
     granularity: str = "layer"  # "layer" | "block"
-    rounds: list[dict[str, Any]] | None = None  # iterative criteria: one entry per greedy round
+    rounds: list[dict[str, Any]] | None = None  # iterative criteria: one entry per greedy round, with "chosen"
+    by_size: dict[int, list[float]] | None = None  # block criteria: block-start scores for every size
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. layer_forwards, baseline NLL
 
 

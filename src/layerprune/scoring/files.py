@@ -39,10 +39,10 @@ def preflight(model: str, method: str, trust_remote_code: bool = False, **kwargs
     """Check the method, sizes and calibration source before any weights are read (bad input fails fast);
     returns `kwargs` with `calibration` replaced by the prepared windows."""
     from layerprune.scoring import calibration_spec, get_scorer
-    from layerprune.scoring.selection import resolve_num_drop
+    from layerprune.scoring.selection import resolve_sizes
 
     scorer = get_scorer(method)
-    resolve_num_drop(num_layers(load_config(model, trust_remote_code)), kwargs.get("num_drop"), kwargs.get("ratio"))
+    resolve_sizes(num_layers(load_config(model, trust_remote_code)), kwargs.get("num_drop"), kwargs.get("ratio"))
     if scorer.anchor is None or isinstance(kwargs.get("calibration"), Calibration):
         return kwargs
     fields = ("seq_len", "num_samples", "seed", "text_field", "split", "bos")
@@ -68,3 +68,21 @@ def read_scores(path: str | Path) -> dict[str, Any]:
     if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("drop"), list):
         raise UsageError(f"{path} is not a layerprune scores file; write one with `layerprune score`")
     return record
+
+
+def drop_for(record: dict[str, Any], path: str | Path, num_drop: int | None = None,
+             ratio: float | None = None) -> list[int]:
+    """The layers `record` drops for one size (`num_drop`, or `ratio` of its model's layers); with neither,
+    its only size. A size the record does not hold is a UsageError naming the ones it does."""
+    from layerprune.scoring.selection import one_size
+
+    drops = record.get("drops") or {str(len(record["drop"])): record["drop"]}  # files from before "drops"
+    held = ", ".join(sorted(drops, key=int))
+    if num_drop is None and ratio is None:
+        if len(drops) > 1:
+            raise UsageError(f"{path} holds drops for {held} layers; choose one with --num-drop N")
+        return next(iter(drops.values()))
+    n = one_size(record["model"]["num_layers"], num_drop, ratio)
+    if str(n) not in drops:
+        raise UsageError(f"{path} holds drops for {held} layers, not {n}; rescore with --num-drop {n}")
+    return drops[str(n)]

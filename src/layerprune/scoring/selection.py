@@ -1,7 +1,9 @@
-"""How many layers to drop, which are protected, and turning scores into a `drop` list.
+"""How many layers to drop, which are protected, and turning a criterion's `Result` into a `drop` list.
 
-Every criterion returns one score per layer (or per block start) and a direction; selection never picks a
-protected layer. Ties are broken by layer index (lower first), so equal inputs always give equal drops.
+Every criterion returns one score per layer (or per block start, per block size) and a direction, or, if it is
+iterative, its greedy rounds; `choose` turns that into the layers to drop for any size the run covered.
+Selection never picks a protected layer. Ties are broken by layer index (lower first, unless a criterion's
+rounds say otherwise), so equal inputs always give equal drops.
 """
 
 from __future__ import annotations
@@ -12,18 +14,37 @@ from typing import Sequence
 from layerprune.errors import UsageError
 
 
-def resolve_num_drop(num_layers: int, num_drop: int | None = None, ratio: float | None = None) -> int:
-    """`num_drop` as given, or ``max(1, floor(ratio * num_layers))``; exactly one of them must be given."""
+def resolve_sizes(num_layers: int, num_drop: int | Sequence[int] | None = None,
+                  ratio: float | Sequence[float] | None = None) -> list[int]:
+    """Sorted distinct layer counts to drop: `num_drop` as given, or ``max(1, floor(ratio * num_layers))`` per
+    ratio. Exactly one of them must be given; either may be one value or several (one scoring run serves all)."""
     if (num_drop is None) == (ratio is None):
         raise UsageError("give exactly one of --num-drop N or --ratio R")
-    if ratio is not None:
-        if not 0 < ratio < 1:
-            raise UsageError(f"--ratio {ratio} is outside (0, 1); give the fraction of layers to drop, e.g. 0.25")
-        num_drop = max(1, math.floor(ratio * num_layers))
-    if not 1 <= num_drop < num_layers:
-        raise UsageError(f"--num-drop {num_drop}: the model has {num_layers} layers; drop between 1 and "
-                         f"{num_layers - 1}")
-    return num_drop
+    counts = []
+    for r in _as_list(ratio):
+        if not 0 < r < 1:
+            raise UsageError(f"--ratio {r} is outside (0, 1); give the fraction of layers to drop, e.g. 0.25")
+        counts.append(max(1, math.floor(r * num_layers)))
+    for n in counts or _as_list(num_drop):
+        if not 1 <= n < num_layers:
+            raise UsageError(f"--num-drop {n}: the model has {num_layers} layers; drop between 1 and "
+                             f"{num_layers - 1}")
+    return sorted(set(counts or _as_list(num_drop)))
+
+
+def one_size(num_layers: int, num_drop=None, ratio=None) -> int:
+    """`resolve_sizes` for uses that remove one set of layers (pruning): several sizes are a UsageError."""
+    sizes = resolve_sizes(num_layers, num_drop, ratio)
+    if len(sizes) > 1:
+        raise UsageError(f"pruning removes one set of layers but {len(sizes)} sizes were given ({sizes}); "
+                         "give one --num-drop or --ratio (`layerprune score` takes several)")
+    return sizes[0]
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def parse_protect(spec: str | Sequence[int] | None, num_layers: int) -> list[int]:
@@ -75,3 +96,17 @@ def best_block(scores: Sequence[float], n: int, protected: Sequence[int], highes
         raise UsageError(f"no block of {n} consecutive layers avoids the protected layers {list(protected)}")
     start = min(allowed, key=lambda s: (-scores[s] if highest else scores[s], s))
     return list(range(start, start + n))
+
+
+def choose(result, n: int, protected: Sequence[int]) -> list[int]:
+    """The `n` layers `result` (a `scoring.base.Result`) says to drop, sorted.
+
+    Iterative criteria: the first n rounds' choices — a greedy round never depends on how many rounds follow,
+    so one run of N rounds answers every n ≤ N exactly as a separate run would. Block criteria: the best block
+    of the scores for size n. Per-layer criteria: the n best scores."""
+    highest = result.select == "highest"
+    if result.rounds is not None:
+        return sorted(r["chosen"] for r in result.rounds[:n])
+    if result.granularity == "block":
+        return best_block(result.by_size[n], n, protected, highest=highest)
+    return lowest([-s if highest and s is not None else s for s in result.scores], n, protected)

@@ -3,7 +3,8 @@
 ``h_k`` is the input of decoder layer k and ``h_L`` the last layer's output before the final norm (after it
 with ``post_norm``; see `layerprune.activations`). Calibration windows have no padding, so every token counts.
 Memory is flat in the number of windows: per batch at most n+1 hidden states are held, and nothing of size
-T×T is ever formed (cosines are row-wise dot products, not ``diag(X @ Yᵀ)``).
+T×T is ever formed (cosines are row-wise dot products, not ``diag(X @ Yᵀ)``). Block criteria score every
+requested block size n from the same pass (a ratio sweep costs one pass, not one per ratio).
 
 * ``bi`` — ShortGPT Block Influence (Men et al. 2024, arXiv 2403.03853):
   ``BI_k = 1 − (1/#tokens) Σ_{windows, t} cos(h_k[t], h_{k+1}[t])``; the n lowest are dropped (any positions).
@@ -25,7 +26,6 @@ import torch.nn.functional as F
 
 from layerprune.activations import layer_io
 from layerprune.scoring.base import Context, Result
-from layerprune.scoring.selection import best_block, lowest
 
 
 def _one_pass_per_batch(ctx: Context, on_layer: Callable, after_batch: Callable | None = None) -> int:
@@ -53,13 +53,12 @@ def bi(ctx: Context) -> Result:
 
     windows = _one_pass_per_batch(ctx, on_layer)
     tokens = windows * ctx.calibration.input_ids.shape[1]
-    scores = [1.0 - c for c in _total(acc, tokens)]
-    return Result(scores, lowest(scores, ctx.num_drop, ctx.protected), select="lowest")
+    return Result([1.0 - c for c in _total(acc, tokens)], select="lowest")
 
 
 def angular(ctx: Context) -> Result:
-    n, last = ctx.num_drop, {}  # state index → (b, D) last-token hidden state of the current batch
-    acc: dict[int, torch.Tensor] = {}  # block start s → Σ angular distance over windows
+    last = {}  # state index → (b, D) last-token hidden state of the current batch
+    acc: dict[int, dict[int, torch.Tensor]] = {n: {} for n in ctx.sizes}  # size n → block start s → Σ distance
 
     def on_layer(k, h_in, h_out):
         if k == 0:
@@ -67,30 +66,35 @@ def angular(ctx: Context) -> Result:
         last[k + 1] = h_out[:, -1].float()
 
     def after_batch():
-        for s in range(ctx.num_layers - n + 1):
-            a, b = last[s].to(last[s + n].device), last[s + n]
-            cos = F.cosine_similarity(a, b, dim=-1).clamp(-1.0, 1.0)  # (b,)
-            acc[s] = acc.get(s, 0) + (torch.arccos(cos) / math.pi).sum(dtype=torch.float64)
+        for n, sums in acc.items():
+            for s in range(ctx.num_layers - n + 1):
+                a, b = last[s].to(last[s + n].device), last[s + n]
+                cos = F.cosine_similarity(a, b, dim=-1).clamp(-1.0, 1.0)  # (b,)
+                sums[s] = sums.get(s, 0) + (torch.arccos(cos) / math.pi).sum(dtype=torch.float64)
         last.clear()
 
-    scores = _total(acc, _one_pass_per_batch(ctx, on_layer, after_batch))
-    return Result(scores, best_block(scores, n, ctx.protected), select="lowest", granularity="block")
+    windows = _one_pass_per_batch(ctx, on_layer, after_batch)
+    return _blocks({n: _total(sums, windows) for n, sums in acc.items()}, ctx, "lowest")
 
 
 def cosine_block(ctx: Context) -> Result:
-    n, held = ctx.num_drop, {}  # state index → (b, T, D); only the last n+1 states are held
-    acc: dict[int, torch.Tensor] = {}  # block start s → Σ cos over tokens
+    held = {}  # state index → (b, T, D); only the last max(sizes)+1 states are held
+    acc: dict[int, dict[int, torch.Tensor]] = {n: {} for n in ctx.sizes}  # size n → block start s → Σ cos
 
     def on_layer(k, h_in, h_out):
         if k == 0:
             held[0] = h_in
         held[k + 1] = h_out
-        s = k + 1 - n
-        if s >= 0:
-            cos = F.cosine_similarity(held.pop(s).to(h_out.device).float(), h_out.float(), dim=-1)  # (b, T)
-            acc[s] = acc.get(s, 0) + cos.sum(dtype=torch.float64)
+        for n, sums in acc.items():
+            if k + 1 - n >= 0:
+                cos = F.cosine_similarity(held[k + 1 - n].to(h_out.device).float(), h_out.float(), dim=-1)  # (b, T)
+                sums[k + 1 - n] = sums.get(k + 1 - n, 0) + cos.sum(dtype=torch.float64)
+        held.pop(k + 1 - max(ctx.sizes), None)  # no later state pairs with it
 
     windows = _one_pass_per_batch(ctx, on_layer, held.clear)
-    scores = _total(acc, windows * ctx.calibration.input_ids.shape[1])
-    return Result(scores, best_block(scores, n, ctx.protected, highest=True), select="highest",
-                  granularity="block")
+    tokens = windows * ctx.calibration.input_ids.shape[1]
+    return _blocks({n: _total(sums, tokens) for n, sums in acc.items()}, ctx, "highest")
+
+
+def _blocks(by_size: dict[int, list[float]], ctx: Context, select: str) -> Result:
+    return Result(by_size[ctx.num_drop], select=select, granularity="block", by_size=by_size)

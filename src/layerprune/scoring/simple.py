@@ -10,16 +10,13 @@ from __future__ import annotations
 import torch
 
 from layerprune.scoring.base import Context, Result
-from layerprune.scoring.selection import lowest
 
 
 def reverse(ctx: Context) -> Result:
-    scores = [float(i) for i in range(ctx.num_layers)]
-    drop = lowest([-s for s in scores], ctx.num_drop, ctx.protected)
-    return Result(scores, drop, select="highest")
+    return Result([float(i) for i in range(ctx.num_layers)], select="highest")
 
 
 def random(ctx: Context) -> Result:
     g = torch.Generator().manual_seed(ctx.seed)
     scores = torch.rand(ctx.num_layers, generator=g, dtype=torch.float64).tolist()
-    return Result(scores, lowest(scores, ctx.num_drop, ctx.protected), select="lowest")
+    return Result(scores, select="lowest")

@@ -63,5 +63,5 @@ def task_iterative(ctx: Context) -> Result:
         removed.append(chosen)
     first = rounds[0]["score"]
     scores = [first.get(str(j)) for j in range(ctx.num_layers)]
-    return Result(scores, sorted(removed), select="highest", rounds=rounds,
+    return Result(scores, select="highest", rounds=rounds,
                   extra={"baseline_task_scores": baseline, "tasks": tasks, "task_samples": samples})

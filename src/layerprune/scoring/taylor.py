@@ -18,7 +18,6 @@ import torch.nn.functional as F
 
 from layerprune.families import decoder_layers
 from layerprune.scoring.base import Context, Result
-from layerprune.scoring.selection import lowest
 
 
 def taylor(ctx: Context) -> Result:
@@ -42,4 +41,4 @@ def taylor(ctx: Context) -> Result:
         for p, flag in flags.items():
             p.grad = None
             p.requires_grad_(flag)
-    return Result(scores, lowest(scores, ctx.num_drop, ctx.protected), select="lowest")
+    return Result(scores, select="lowest")

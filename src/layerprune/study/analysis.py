@@ -136,7 +136,7 @@ def _layer_scores(plan: dict, store: Store) -> list[dict]:
         if s["kind"] != "score" or not store.is_done(s["id"]):
             continue
         data = json.loads((store.step_dir(s["id"]) / "scores.json").read_text())
-        out.append({"label": s["label"], "method": data.get("method"), "num_drop": s["params"]["num_drop"],
+        out.append({"label": s["label"], "method": data.get("method"), "num_drop": data["params"]["num_drop"],
                     "scores": data.get("scores"), "drop": data.get("drop")})
     return out
 

@@ -1,6 +1,6 @@
 """StudyConfig → an immutable, ordered plan of steps. A step's id is a hash of its inputs (its parameters and
 the ids of the steps it reads), so identical work is planned once — one SGR set per teacher, one baseline eval
-per model — and a changed setting gives new ids while finished steps with unchanged inputs are reused.
+per model, one score per (model, criterion) for all its sizes — and a changed setting gives new ids while finished steps with unchanged inputs are reused.
 
     plan = make_plan(cfg)
     for step in plan.steps: print(step.id, step.deps)       # dependency order
@@ -76,14 +76,16 @@ def make_plan(cfg: StudyConfig) -> Plan:
 
         variants.append(_variant(m.name, None, 0, 0.0, "none", evaluate(src, m.name), speed(src, m.name), L))
         data = _healing_data(b, cfg, m, src)
+        sizes = _sizes(cfg, L, m)
         for criterion in cfg.pruning.criteria:
-            for n, ratio in _sizes(cfg, L, m):
+            # One score step serves every size: see `layerprune.scoring.score` (one pass, or the first n rounds).
+            score = b.add("score", f"score {m.name}/{criterion}", {
+                "method": criterion, "num_drop": [n for n, _ in sizes], "protected": cfg.pruning.protected,
+                "calibration": cfg.pruning.calibration.model_dump(), "seed": cfg.seed,
+                "options": cfg.pruning.options.get(criterion, {})}, (src,))
+            for n, ratio in sizes:
                 tag = f"{m.name}/{criterion}/n{n}"
-                score = b.add("score", f"score {tag}", {
-                    "method": criterion, "num_drop": n, "protected": cfg.pruning.protected,
-                    "calibration": cfg.pruning.calibration.model_dump(), "seed": cfg.seed,
-                    "options": cfg.pruning.options.get(criterion, {})}, (src,))
-                pruned = b.add("prune", f"prune {tag}", {}, (src, score))
+                pruned = b.add("prune", f"prune {tag}", {"num_drop": n}, (src, score))
                 sp = speed(pruned, tag)
                 variants.append(_variant(m.name, criterion, n, ratio, "none", evaluate(pruned, tag), sp, L))
                 for arm in cfg.healing.arms:

@@ -69,9 +69,12 @@ def _score_options(ctx) -> dict | None:
 
 def run_prune(ctx, out: Path) -> None:
     from layerprune.pruning import prune
+    from layerprune.scoring.files import drop_for
 
-    scores = json.loads((ctx.input(1) / "scores.json").read_text())
-    prune(model_path(ctx.input(0)), scores["drop"], out / "model", method=scores["method"], scores=scores,
+    path = ctx.input(1) / "scores.json"
+    scores = json.loads(path.read_text())
+    drop = drop_for(scores, path, num_drop=ctx.step.params["num_drop"])
+    prune(model_path(ctx.input(0)), drop, out / "model", method=scores["method"], scores=scores,
           dtype=model_dtype(ctx.input(0)),
           device=ctx.cfg.device)
 
