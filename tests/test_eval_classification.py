@@ -17,6 +17,7 @@ from layerprune.evaluation.requests import LoglikelihoodRequest as LL
 from layerprune.evaluation.runner import evaluate
 from layerprune.evaluation.tasks import get_task, known_tasks
 from layerprune.evaluation.tasks.base import TaskOptions
+from layerprune.families import FAMILIES
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,52 @@ def test_prefix_shared_loglikelihoods_equal_plain_forward(tiny, batch_size):
     backend = HFBackend(model, tok, batch_size=batch_size, progress=False)
     got = backend.loglikelihood(REQUESTS)
     for req, res in zip(REQUESTS, got):
+        ctx, cont = backend.encode_pair(req.context, req.continuation)
+        assert res.logprob == pytest.approx(_plain_logprob(model, ctx, cont, backend.max_length), abs=1e-4)
+
+
+SHOTS = "".join(f"Question: what is {i} plus {i}?\nAnswer: {2 * i}\n\n" for i in range(1, 9))  # 5-shot-like header
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 9])
+def test_questions_sharing_a_header_run_it_once_and_score_exactly(tiny, batch_size):
+    model, tok = tiny
+    questions = [f"Question: what is {a} plus {b}?\nAnswer:" for a, b in ((3, 4), (10, 1), (7, 7), (2, 9), (5, 8))]
+    reqs = [LL(SHOTS + q, f" {c}", group=g) for g, q in enumerate(questions) for c in ("7", "11", "fourteen")]
+    reqs.append(LL(SHOTS + questions[0], " 7 or 8"))  # a longer choice of an ungrouped request
+    positions = []  # input positions each forward computes: [B, T] → B·T
+    embed = model.get_input_embeddings()
+    handle = embed.register_forward_pre_hook(lambda m, a: positions.append(a[0].numel()))
+    try:
+        backend = HFBackend(model, tok, batch_size=batch_size, progress=False)
+        got = backend.loglikelihood(reqs)
+    finally:
+        handle.remove()
+    header = len(tok.encode(SHOTS))
+    assert header > 64 and sum(positions) < header * 2 + 30 * len(reqs)  # the header ran once, not per question
+    for req, res in zip(reqs, got):
+        ctx, cont = backend.encode_pair(req.context, req.continuation)
+        assert res.logprob == pytest.approx(_plain_logprob(model, ctx, cont, backend.max_length), abs=1e-4)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_shared_header_cache_is_exact_for_every_family(family):
+    # The header's cache is copied per question: sliding-window, hybrid and legacy caches must all survive it.
+    from layerprune.tiny import tiny_model, tiny_tokenizer
+
+    model, tok = tiny_model(family), tiny_tokenizer()
+    shots = "".join(f"Q: {i}+{i}?\nA: {2 * i}\n\n" for i in range(1, 6))  # ~75 byte tokens
+    reqs = [LL(shots + f"Q: {a}+{b}?\nA:", f" {c}", group=g) for g, (a, b) in enumerate(((3, 4), (1, 1), (2, 5)))
+            for c in ("7", "2")]
+    positions = []
+    handle = model.get_input_embeddings().register_forward_pre_hook(lambda m, a: positions.append(a[0].numel()))
+    try:
+        backend = HFBackend(model, tok, batch_size=4, progress=False)
+        got = backend.loglikelihood(reqs)
+    finally:
+        handle.remove()
+    assert sum(positions) < 2 * len(tok.encode(shots))  # the header ran once
+    for req, res in zip(reqs, got):
         ctx, cont = backend.encode_pair(req.context, req.continuation)
         assert res.logprob == pytest.approx(_plain_logprob(model, ctx, cont, backend.max_length), abs=1e-4)
 

@@ -11,10 +11,16 @@ share their first `p` input tokens: those run once, and only the last prefix pos
 computed. The cache is then copied to one row per choice and the remaining tokens of every choice run
 in one batch on top of it. Single-token choices (MMLU " A"…" D", BoolQ " no"/" yes") cost one prefix
 pass and nothing more. Log-softmax runs in fp32 over the scored positions only.
+
+A second level shares what *questions* have in common: when every group of a batch starts with the same
+`MIN_SHARED`+ tokens (MMLU's subject header and five dev shots, ~85% of each prompt), those run once, their
+cache is kept for the following batches while they still start with it, and each batch copies it to one
+row per question. Only the rest of every prompt is computed per question.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass
 from typing import Sequence
@@ -30,6 +36,7 @@ from layerprune.evaluation.requests import (
 )
 
 DEFAULT_MAX_LENGTH = 2048
+MIN_SHARED = 32  # tokens every question of a batch must share before the shared run pays for itself
 _TOKENIZER_INFINITY = 1_000_000_000_000  # tokenizers report ~1e30 for "no limit"
 
 
@@ -76,6 +83,8 @@ class HFBackend:
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5
         self._head = _plain_head(model)
+        self._shared: tuple[list[int], object] | None = None  # (tokens, their cache, batch 1) across batches
+        self._common: list[int] | None = None  # tokens every prompt of the current call begins with
 
     def info(self) -> dict:
         """What the scores depend on, for results.json."""
@@ -121,6 +130,8 @@ class HFBackend:
             scored.append(_Scored(i, full[:-1], cont[-(len(full) - 1):]))
         groups = _share_groups(requests, scored)
         groups.sort(key=lambda g: (-max(len(s.ids) for s in g.items), g.items[0].ids))  # longest first
+        shared = min(min(g.plen for g in groups) - 1, _common_prefix([g.items[0] for g in groups])) if groups else 0
+        self._common = groups[0].items[0].ids[:shared] if shared >= MIN_SHARED else None
         results: list[LoglikelihoodResult | None] = [None] * len(requests)
         bar = tqdm(total=len(requests), desc="loglikelihood", disable=not self.progress, leave=False)
         for chunk in _chunks(groups, self.batch_size):
@@ -128,6 +139,7 @@ class HFBackend:
                 results[s.index] = res
             bar.update(sum(len(g.items) for g in chunk))
         bar.close()
+        self._shared = self._common = None  # the next call has other prompts; free the memory
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
@@ -139,7 +151,10 @@ class HFBackend:
         prefix = torch.tensor([g.items[0].ids[:p] + [0] * (width - p) for g, p in zip(chunk, plens)],
                               device=self.device)  # [G, P]
         last = sorted(set(p - 1 for p in plens))
-        out = self.model(input_ids=prefix, use_cache=True, logits_to_keep=torch.tensor(last, device=self.device))
+        c, cache = self._shared_cache(chunk)  # the first c positions are already in `cache`, one row per group
+        keep = torch.tensor([pos - c for pos in last], device=self.device)
+        kwargs = {self._cache_kw: cache} if cache is not None else {}
+        out = self.model(input_ids=prefix[:, c:], use_cache=True, logits_to_keep=keep, **kwargs)
         col = {pos: k for k, pos in enumerate(last)}
         first = [out.logits[g, col[p - 1]][None] for g, p in enumerate(plens)]  # G × [1, V]: position plen-1
         rows = [(g, s) for g, grp in enumerate(chunk) for s in grp.items]
@@ -148,6 +163,24 @@ class HFBackend:
         for (g, s), tail in zip(rows, rest):
             logits = torch.cat([first[g], tail]) if tail is not None else first[g]  # positions plen-1 … end
             yield s, _score(logits[-len(s.cont):].float(), s.cont)
+
+    def _shared_cache(self, chunk: list["_Group"]):
+        """(c, cache of the first c prefix tokens, one row per group of `chunk`), or (0, None) when fewer
+        than MIN_SHARED tokens are shared. The shared tokens are those every prompt of the call begins with
+        (`self._common`), else those of this chunk's groups; their run is kept and reused by later chunks
+        that begin with them."""
+        first, c = chunk[0].items[0].ids, min(g.plen for g in chunk) - 1  # position c must remain to run
+        held = self._shared
+        if held is None or len(held[0]) > c or first[: len(held[0])] != held[0]:
+            tokens = self._common or first[: min(c, _common_prefix([g.items[0] for g in chunk]))]
+            if len(chunk) < 2 and not self._common or len(tokens) < MIN_SHARED:
+                return 0, None
+            out = self.model(input_ids=torch.tensor([tokens], device=self.device), use_cache=True,
+                             logits_to_keep=1)  # [1, c]
+            held = self._shared = (tokens, out.cache if hasattr(out, "cache") else out.past_key_values)
+        cache = copy.deepcopy(held[1])
+        cache.batch_repeat_interleave(len(chunk))  # [G, heads, c, d] per layer
+        return len(held[0]), cache
 
     def _suffix_logits(self, rows, plens: list[int], cache, width: int) -> list[torch.Tensor | None]:
         """Logits of every choice's tokens after its group's prefix, for real (unpadded) positions only."""
