@@ -51,6 +51,22 @@ def test_greedy_batched_equals_hf_generate_one_by_one(tiny):
     assert [r.texts for r in results] == [(ref,) for ref in refs]
 
 
+def test_shared_header_is_prefilled_once_and_changes_nothing(tiny):
+    model, tokenizer = tiny
+    header = "".join(f"Question: {i} plus {i}?\nAnswer: {2 * i}\n\n" for i in range(1, 6))  # 5-shot-like
+    prompts = [header + p for p in PROMPTS]
+    refs = [hf_greedy(model, tokenizer, p) for p in prompts]
+    positions = []  # input positions per forward: [B, T] → B·T
+    handle = model.get_input_embeddings().register_forward_pre_hook(lambda m, a: positions.append(a[0].numel()))
+    try:
+        results = generate_batch(model, tokenizer, [GenerationRequest(p, max_new_tokens=MAX_NEW) for p in prompts], 3)
+    finally:
+        handle.remove()
+    assert [r.texts for r in results] == [(ref,) for ref in refs]
+    shared, total = len(tokenizer(header)["input_ids"]), sum(len(tokenizer(p)["input_ids"]) for p in prompts)
+    assert shared > 32 and sum(positions) <= total - (len(prompts) - 1) * shared + len(prompts) * MAX_NEW
+
+
 def test_stop_strings_cut_per_request(tiny):
     model, tokenizer = tiny
     refs = [hf_greedy(model, tokenizer, p) for p in PROMPTS]

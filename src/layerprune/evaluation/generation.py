@@ -6,8 +6,9 @@ What it does, and how it lines up with lm-eval's `HFLM.generate_until` (0.4.13):
 
 * Each request becomes `num_samples` rows. Rows are sorted by prompt length, longest first (lm-eval's
   `Collator` key `(-len(tokens), context)`), cut into batches of `batch_size`, and decoded with a
-  `DynamicCache` laid out left-padded. Each prompt is prefilled alone (see `_prefill`). Results come back
-  in request order.
+  `DynamicCache` laid out left-padded. Each prompt is prefilled alone (see `_prefill`); the header that
+  every prompt of the call begins with (GSM8K's five shots) is prefilled once and its cache copied into each
+  prompt's. Results come back in request order.
 * Prompts are encoded like `HFLM.tok_batch_encode`: the tokenizer's default special tokens (BOS for
   Llama-style tokenizers) unless the context already starts with the BOS string; left-truncated to
   `max_length - max_new_tokens`.
@@ -26,6 +27,7 @@ emits the tokenizer's EOS token when it is not a generation-config EOS (lm-eval 
 
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -36,7 +38,7 @@ from transformers import DynamicCache, TopKLogitsWarper, TopPLogitsWarper
 from transformers.cache_utils import DynamicLayer
 
 from layerprune.errors import UsageError
-from layerprune.evaluation.hf_backend import resolve_max_length
+from layerprune.evaluation.hf_backend import MIN_SHARED, resolve_max_length
 from layerprune.evaluation.requests import GenerationRequest, GenerationResult
 
 STOP_LOOKBACK_EXTRA = 4  # tokens decoded beyond the longest stop string's own length (lm-eval uses 2)
@@ -72,8 +74,9 @@ def generate_batch(
     rows = _make_rows(tokenizer, requests, max_length, add_bos_token)
     order = sorted(range(len(rows)), key=lambda i: (-len(rows[i].prompt), requests[rows[i].request_index].context))
     eos_ids = _eos_ids(model, tokenizer)
+    header = _Header.shared_by(rows, model)
     for start in range(0, len(order), batch_size):
-        _decode([rows[i] for i in order[start : start + batch_size]], model, tokenizer, eos_ids)
+        _decode([rows[i] for i in order[start : start + batch_size]], model, tokenizer, eos_ids, header)
     texts: list[list[str]] = [[] for _ in requests]
     for row in rows:  # rows are in request order, samples in index order
         texts[row.request_index].append(_finish_text(tokenizer, row))
@@ -130,7 +133,34 @@ def _eos_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-def _decode(rows: list[_Row], model, tokenizer, eos_ids: set[int]) -> None:
+class _Header:
+    """The tokens every prompt of a call begins with and their cache (batch 1), computed on first use."""
+
+    def __init__(self, tokens: list[int], model, cache_kw: str):
+        self.tokens, self._model, self._cache_kw, self._cache = tokens, model, cache_kw, None
+
+    @classmethod
+    def shared_by(cls, rows: list[_Row], model) -> "_Header | None":
+        """A header of at least MIN_SHARED tokens, leaving every prompt one token of its own; else None.
+        Only for plain full-attention caches, the layout `_prefill` runs prompts one by one for."""
+        if len(rows) < 2 or not all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers):
+            return None
+        first, n = rows[0].prompt, min(len(r.prompt) for r in rows) - 1
+        for row in rows[1:]:
+            n = next((k for k in range(n) if row.prompt[k] != first[k]), n)
+        cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        return cls(first[:n], model, cache_kw) if n >= MIN_SHARED else None
+
+    def cache(self) -> DynamicCache:
+        """A fresh copy of the header's cache, (1, kv_heads, len(tokens), head_dim) per layer."""
+        if self._cache is None:
+            self._cache = DynamicCache(config=self._model.config)
+            ids = torch.tensor([self.tokens], device=self._model.device)
+            self._model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self._cache_kw: self._cache})
+        return copy.deepcopy(self._cache)
+
+
+def _decode(rows: list[_Row], model, tokenizer, eos_ids: set[int], header: _Header | None = None) -> None:
     """Decode one batch until every row is finished; finished rows leave the batch and the cache."""
     device = model.device
     width = max(len(r.prompt) for r in rows)
@@ -142,7 +172,7 @@ def _decode(rows: list[_Row], model, tokenizer, eos_ids: set[int]) -> None:
     cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     active = list(rows)
     with torch.inference_mode():
-        logits, cache = _prefill(rows, model, mask, positions, cache_kw)  # (B, V) fp32 at each last prompt token
+        logits, cache = _prefill(rows, model, mask, positions, cache_kw, header)  # (B, V) fp32, last prompt token
         while True:
             next_ids = _choose(logits, active).tolist()
             keep = [j for j, (row, tok) in enumerate(zip(active, next_ids)) if not _step(row, tok, tokenizer, eos_ids)]
@@ -163,14 +193,16 @@ def _decode(rows: list[_Row], model, tokenizer, eos_ids: set[int]) -> None:
             logits = out.logits[:, -1, :].float()  # (b, V) fp32, as HF generate
 
 
-def _prefill(rows: list[_Row], model, mask: torch.Tensor, positions: torch.Tensor, cache_kw: str):
+def _prefill(rows: list[_Row], model, mask: torch.Tensor, positions: torch.Tensor, cache_kw: str,
+             header: _Header | None = None):
     """Run the prompts; (last-position logits (B, V) fp32, cache laid out left-padded to mask's width).
 
     With plain full-attention cache layers each prompt runs alone: no pad tokens are computed and attention
     takes the causal fast path instead of a (B, 1, T, T) padding mask (on CPU ~2x faster for 5-shot GSM8K at
     batch 16), and each row's prefill is exactly lm-eval's batch-size-1 one. The keys/values are then copied
     right-aligned into one (B, kv_heads, T, head_dim) tensor per layer; the zeros at pad slots are masked out.
-    Sliding-window, linear-attention or other cache layers keep the padded batched prefill."""
+    Sliding-window, linear-attention or other cache layers keep the padded batched prefill. With a `header`,
+    each prompt starts from a copy of its cache and runs only its own tokens."""
     device, width = model.device, mask.shape[1]
     if not all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers):
         input_ids = torch.zeros(mask.shape, dtype=torch.long)  # (B, T) left-padded; pad id is masked out
@@ -181,9 +213,10 @@ def _prefill(rows: list[_Row], model, mask: torch.Tensor, positions: torch.Tenso
                     position_ids=positions, use_cache=True, logits_to_keep=1, **{cache_kw: cache})
         return out.logits[:, -1, :].float(), cache
     logits, merged = [], None
+    skip = len(header.tokens) if header is not None else 0
     for i, row in enumerate(rows):
-        cache = DynamicCache(config=model.config)
-        out = model(input_ids=torch.tensor([row.prompt], device=device), use_cache=True, logits_to_keep=1,
+        cache = header.cache() if header is not None else DynamicCache(config=model.config)
+        out = model(input_ids=torch.tensor([row.prompt[skip:]], device=device), use_cache=True, logits_to_keep=1,
                     **{cache_kw: cache})
         logits.append(out.logits[0, -1].float())  # (V,)
         if merged is None:  # per layer (keys, values), each (B, kv_heads, T, head_dim)
