@@ -53,7 +53,7 @@ def scoring_kwargs(args) -> dict:
     return dict(num_drop=args.num_drop, ratio=args.ratio, calibration=args.calibration, protected=args.protect,
                 seed=args.seed, seq_len=args.seq_len, num_samples=args.num_samples, text_field=args.text_field,
                 split=args.split, bos=args.bos, post_norm=args.post_norm, batch_size=args.batch_size,
-                options=options or None)
+                options=options or None, progress=True)
 
 
 def add_arguments(p):

@@ -76,7 +76,8 @@ def score(model, tokenizer, method: str, num_drop: int | Sequence[int] | None = 
           calibration: str | Calibration | None = None, protected: str | list[int] | None = None,
           seed: int | None = None, seq_len: int | None = None, num_samples: int | None = None,
           text_field: str | None = None, split: str | None = None, bos: bool | None = None,
-          post_norm: bool = False, batch_size: int = 4, options: dict[str, Any] | None = None) -> dict[str, Any]:
+          post_norm: bool = False, batch_size: int = 4, options: dict[str, Any] | None = None,
+          progress: bool = False) -> dict[str, Any]:
     """Score `model`'s decoder layers with `method` and choose `num_drop` (or `ratio` of) layers to drop.
 
     Several sizes (``num_drop=[2, 4]`` or ``ratio=[0.125, 0.25]``) cost one run: similarity criteria score
@@ -85,6 +86,7 @@ def score(model, tokenizer, method: str, num_drop: int | Sequence[int] | None = 
 
     `calibration` is a prepared `Calibration`, a source (.txt, .jsonl, hub id ``name[:config]``), or None
     for the method's anchor default. `protected` None means the method's default (e.g. sleb: first and last).
+    `progress` shows progress bars on stderr (the CLI turns them on).
     """
     scorer = get_scorer(method)
     n_layers = count_layers(model.config)
@@ -103,7 +105,7 @@ def score(model, tokenizer, method: str, num_drop: int | Sequence[int] | None = 
     t1 = time.perf_counter()
     ctx = Context(model, tokenizer, n_layers, n_drop, protect, seed=0 if seed is None else seed,
                   post_norm=post_norm, batch_size=batch_size, calibration=cal, options=dict(options or {}),
-                  sizes=sizes)
+                  sizes=sizes, progress=progress)
     result = scorer.fn(ctx)
     drops = {str(n): choose(result, n, protect) for n in sizes}
     t2 = time.perf_counter()

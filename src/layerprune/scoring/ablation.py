@@ -28,10 +28,10 @@ def next_token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> float:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="sum").item()
 
 
-def removal_nlls(runner: LayerRunner, ctx: Context, removed: set[int], candidates: list[int]):
+def removal_nlls(runner: LayerRunner, ctx: Context, removed: set[int], candidates: list[int], desc: str):
     """(NLL of the model without `removed`, {j: NLL without removed ∪ {j}}) summed over the calibration."""
     base, nll = 0.0, dict.fromkeys(candidates, 0.0)
-    for ids in ctx.calibration.batches(ctx.batch_size):  # (b, T)
+    for ids in ctx.batches(desc):  # (b, T)
         logits, entering = runner.run(ids, skip=removed, capture=candidates)
         base += next_token_nll(logits, ids)
         del logits
@@ -49,7 +49,7 @@ def _predicted_tokens(ctx: Context) -> int:
 def ppl(ctx: Context) -> Result:
     runner = LayerRunner(ctx.model)
     candidates = [j for j in range(ctx.num_layers) if j not in ctx.protected]
-    base, nll = removal_nlls(runner, ctx, set(), candidates)
+    base, nll = removal_nlls(runner, ctx, set(), candidates, f"ppl ({len(candidates)} candidates)")
     tokens = _predicted_tokens(ctx)
     scores = [math.exp(nll[j] / tokens) if j in nll else None for j in range(ctx.num_layers)]
     extra = {"baseline_ppl": math.exp(base / tokens), "layer_forwards": runner.layer_forwards}
@@ -60,9 +60,9 @@ def sleb(ctx: Context) -> Result:
     runner = LayerRunner(ctx.model)
     removed: set[int] = set()
     rounds = []
-    for _ in range(ctx.num_drop):
+    for r in range(ctx.num_drop):
         candidates = [j for j in range(ctx.num_layers) if j not in removed and j not in ctx.protected]
-        base, nll = removal_nlls(runner, ctx, removed, candidates)
+        base, nll = removal_nlls(runner, ctx, removed, candidates, f"sleb round {r + 1}/{ctx.num_drop}")
         chosen = min(candidates, key=lambda j: (nll[j], j))
         rounds.append({"removed_before": sorted(removed), "baseline_nll": base,
                        "nll": {str(j): nll[j] for j in candidates}, "chosen": chosen})

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import torch
+from tqdm.auto import tqdm
 
 from layerprune.calibration import Calibration, CalibrationSpec
 
@@ -21,9 +25,18 @@ class Context:
     calibration: Calibration | None = None
     options: dict[str, Any] = field(default_factory=dict)  # criterion-specific (e.g. task_iterative's tasks)
     sizes: list[int] = field(default_factory=list)  # every size to answer (block criteria score each); sorted
+    progress: bool = False  # progress bars on stderr
 
     def __post_init__(self):
         self.sizes = sorted(set(self.sizes) | {self.num_drop})
+
+    def batches(self, desc: str) -> Iterator[torch.Tensor]:
+        """The calibration windows in batches of `batch_size`, (b, T) each, behind a progress bar."""
+        total = math.ceil(len(self.calibration.input_ids) / self.batch_size)
+        yield from self.each(self.calibration.batches(self.batch_size), desc, total=total, unit="batch")
+
+    def each(self, items: Iterable, desc: str, total: int | None = None, unit: str = "it") -> Iterator:
+        yield from tqdm(items, desc=desc, total=total, unit=unit, disable=not self.progress, leave=False)
 
 
 @dataclass

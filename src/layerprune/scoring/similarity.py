@@ -32,7 +32,7 @@ def _one_pass_per_batch(ctx: Context, on_layer: Callable, after_batch: Callable 
     """Run every calibration batch through the base model (no LM head) with `on_layer` hooked; #windows."""
     windows = 0
     with torch.no_grad(), layer_io(ctx.model, on_layer, post_norm=ctx.post_norm):
-        for ids in ctx.calibration.batches(ctx.batch_size):  # (b, T)
+        for ids in ctx.batches("one pass"):  # (b, T)
             ctx.model.base_model(ids.to(ctx.model.device), use_cache=False)
             windows += len(ids)
             if after_batch is not None:

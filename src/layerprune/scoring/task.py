@@ -53,9 +53,11 @@ def task_iterative(ctx: Context) -> Result:
                          "normalised score is undefined; use more --task-samples or other --tasks")
     removed: list[int] = []
     rounds = []
-    for _ in range(ctx.num_drop):
+    for r in range(ctx.num_drop):
         candidates = [j for j in range(ctx.num_layers) if j not in removed and j not in ctx.protected]
-        per_task = {j: _task_scores(ctx, tasks, samples, removed + [j]) for j in candidates}
+        desc = f"task_iterative round {r + 1}/{ctx.num_drop}"
+        per_task = {j: _task_scores(ctx, tasks, samples, removed + [j])
+                    for j in ctx.each(candidates, desc, unit="candidate")}
         score = {j: sum(per_task[j][t] / baseline[t] for t in tasks) / len(tasks) for j in candidates}
         chosen = max(candidates, key=lambda j: (score[j], j))
         rounds.append({"removed_before": sorted(removed), "score": {str(j): score[j] for j in candidates},

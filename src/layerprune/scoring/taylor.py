@@ -28,7 +28,7 @@ def taylor(ctx: Context) -> Result:
         for p in model.parameters():
             p.requires_grad_(p in layer_params)
             p.grad = None
-        for ids in ctx.calibration.batches(ctx.batch_size):  # (b, T)
+        for ids in ctx.batches("taylor"):  # (b, T)
             ids = ids.to(model.device)
             logits = model(ids, use_cache=False).logits  # (b, T, V)
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
