@@ -102,6 +102,25 @@ def test_lora_learns_and_merge_equals_base_plus_adapter(tmp_path, pruned):
     assert (a - plain).abs().max() > 1e-3  # the adapter did change the model
 
 
+@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral"])
+def test_lora_adapts_fused_moe_experts(tmp_path, family):
+    # Fused experts are 3-D parameters, not Linear modules: they are adapted through PEFT target_parameters.
+    save_tiny(family, tmp_path / "base", seed=1, num_layers=4)
+    data = write_jsonl(tmp_path / "sgr.jsonl", sgr_rows(2))
+    heal(str(tmp_path / "base"), data, tmp_path / "out", HealConfig(max_steps=6, lr=1e-2, **FAST))
+    config = json.loads((tmp_path / "out" / "adapter" / "adapter_config.json").read_text())
+    assert {"mlp.experts.down_proj", "mlp.experts.gate_up_proj"} <= set(config["target_parameters"])
+    base, healed = load_file(tmp_path / "base" / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    # merged into the experts; checkpoints keep one tensor per expert (qwen: gate/up/down_proj, mixtral: w1/w2/w3)
+    kinds = {k.rsplit(".", 2)[-2] for k in base if ".experts." in k}
+    changed = {k.rsplit(".", 2)[-2] for k in base if ".experts." in k and not torch.equal(healed[k], base[k])}
+    assert len(kinds) == 3 and changed == kinds
+    assert all(torch.equal(healed[k], base[k]) for k in base if k.endswith("router.weight") or ".mlp.gate." in k)
+    hp = json.loads((tmp_path / "out" / "healing.json").read_text())["hyperparameters"]
+    assert hp["lora_dropout"] == 0.05 and hp["lora_target_parameters"] == ["mlp.experts.down_proj",
+                                                                           "mlp.experts.gate_up_proj"]
+
+
 def test_partial_trains_only_head_norm_and_last_layers(tmp_path, pruned):
     data = write_jsonl(tmp_path / "sgr.jsonl", sgr_rows(2))
     config = HealConfig(mode="partial", partial_layers=2, max_steps=3, lr=1e-2, **FAST)

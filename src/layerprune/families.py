@@ -48,8 +48,11 @@ class Family:
     # can be removed exactly (a later layer would change behaviour once renumbered). flag → explanation.
     index_dependent: Mapping[str, str] = field(default_factory=dict)
     # Linear modules inside a decoder layer that LoRA healing adapts: the paper's "q,k,v,o,gate,up,down" as
-    # this family names them. (Fused MoE experts are parameters, not Linear modules: they get no adapter.)
+    # this family names them.
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    # Fused MoE experts are (experts, out, in) parameters, not Linear modules: PEFT adapts them through
+    # `target_parameters` (names relative to a decoder layer; dense layers of the same model have none).
+    lora_parameters: tuple[str, ...] = ()
 
 
 _SLIDING = {"layer_types": PER_LAYER}
@@ -60,11 +63,12 @@ _QWEN_MOE = {
 }
 
 _NEOX_LORA = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
+_EXPERTS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
 
 FAMILIES: dict[str, Family] = {
     "llama": Family(),
     "mistral": Family(),
-    "mixtral": Family(),
+    "mixtral": Family(lora_parameters=_EXPERTS),
     "gemma": Family(),
     "phi3": Family(lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj")),
     "olmo2": Family(),
@@ -73,8 +77,10 @@ FAMILIES: dict[str, Family] = {
     # qwen2/qwen3: sliding iff use_sliding_window and i >= max_window_layers (materialized in layer_types).
     "qwen2": Family(per_layer={**_SLIDING, "max_window_layers": LEADING_COUNT}),
     "qwen3": Family(per_layer={**_SLIDING, "max_window_layers": LEADING_COUNT}),
-    "qwen2_moe": Family(per_layer={**_SLIDING, "max_window_layers": LEADING_COUNT, **_QWEN_MOE}),
-    "qwen3_moe": Family(per_layer={**_SLIDING, "max_window_layers": LEADING_COUNT, **_QWEN_MOE}),
+    "qwen2_moe": Family(per_layer={**_SLIDING, "max_window_layers": LEADING_COUNT, **_QWEN_MOE},
+                        lora_parameters=_EXPERTS),
+    "qwen3_moe": Family(per_layer={**_SLIDING, "max_window_layers": LEADING_COUNT, **_QWEN_MOE},
+                        lora_parameters=_EXPERTS),
     "gemma2": Family(per_layer=_SLIDING),
     "gemma3_text": Family(per_layer=_SLIDING),
     "gemma3": Family(layers="model.language_model.layers", final_norm="model.language_model.norm",

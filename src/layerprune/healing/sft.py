@@ -165,7 +165,8 @@ def _freeze_for_partial(net, k: int) -> None:
 
 
 def lora_config(net, c: HealConfig):
-    """PEFT LoraConfig for this model: the family's projections inside its decoder layers."""
+    """PEFT LoraConfig for this model: the family's projections inside its decoder layers, and its fused
+    MoE expert weights where the model has them."""
     import re
 
     from peft import LoraConfig
@@ -176,8 +177,29 @@ def lora_config(net, c: HealConfig):
     if not any(re.fullmatch(pattern, n) for n, _ in net.named_modules()):
         raise UsageError(f"no LoRA target ({', '.join(names)}) found in {net.config.model_type} layers; "
                          "set the family's lora_targets in layerprune/families.py")
-    return LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout, target_modules=pattern,
-                      bias="none", task_type="CAUSAL_LM")
+    experts = expert_parameters(net)
+    # PEFT has no dropout for adapted parameters; the config says 0 and `_linear_dropout` restores the
+    # requested dropout on the Linear targets, so only the experts go without.
+    return LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=0.0 if experts else c.lora_dropout,
+                      target_modules=pattern, target_parameters=experts or None, bias="none", task_type="CAUSAL_LM")
+
+
+def expert_parameters(net) -> list[str]:
+    """The family's fused-MoE expert parameters (names relative to a layer) that `net` has (before or after
+    PEFT wrapped them: its wrappers insert `base_layer` into the names)."""
+    names = {n.replace(".base_layer", "") for n, _ in net.named_parameters()}
+    return [p for p in spec_for(net.config).lora_parameters if any(n.endswith("." + p) for n in names)]
+
+
+def _linear_dropout(model, p: float) -> None:
+    """Dropout `p` on the inputs of every LoRA-adapted Linear module of a PEFT model."""
+    import torch
+    from peft.tuners.lora import Linear
+
+    for module in model.modules():
+        if isinstance(module, Linear):
+            for name in module.lora_dropout:
+                module.lora_dropout[name] = torch.nn.Dropout(p)
 
 
 def build_trainer(net, tok, rows, c: HealConfig, work: Path, callbacks=()):
@@ -201,6 +223,8 @@ def build_trainer(net, tok, rows, c: HealConfig, work: Path, callbacks=()):
     peft = lora_config(net, c) if c.mode in PEFT_MODES else None
     trainer = SFTTrainer(model=net, args=args, train_dataset=build_dataset(tok, rows, lm=c.mode == "lm"),
                          processing_class=tok, peft_config=peft, callbacks=list(callbacks))
+    if peft is not None and peft.target_parameters and c.lora_dropout > 0:
+        _linear_dropout(trainer.model, c.lora_dropout)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(_loss_bar())
     return trainer
@@ -288,7 +312,12 @@ def _record(model, fingerprint, data, c: HealConfig, trainer, result, rows, leng
     hp = {**dataclasses.asdict(c), "adam_betas": list(c.adam_betas), "learning_rate": c.learning_rate(),
           "effective_batch": c.batch_size * c.grad_accum * state.num_processes}
     if c.mode in PEFT_MODES:
-        hp["lora_target_modules"] = trainer.model.peft_config["default"].target_modules
+        config = trainer.model.peft_config["default"]
+        modules = config.target_modules  # the regex; PEFT may hand back a set of names
+        hp["lora_target_modules"] = modules if isinstance(modules, str) else sorted(modules)
+        experts = expert_parameters(trainer.model.get_base_model())
+        if experts:  # fused MoE experts: adapted, without dropout (PEFT has none for them)
+            hp["lora_target_parameters"] = sorted(experts)
     return {
         "format": "layerprune.healing/1",
         "model": {"path": str(model), "fingerprint": fingerprint},
