@@ -7,10 +7,14 @@ rows. Prints time and peak-RSS ratios for several calibration sizes, and checks 
 Each variant runs in its own subprocess so its peak resident memory (ru_maxrss above the post-setup level,
 during its first run) is its own. Times are CPU seconds of that one-thread process in steady state: the
 fastest of ``--repeats`` runs after the first (oneDNN/allocator warm-up is a fixed cost that would otherwise
-be charged to whichever variant it lands in; the minimum rejects noise from a shared machine). ``floor`` is a bare base-model forward over the same batches with no statistics: the least any
-one-pass method can cost. Where the speedup comes from depends on the shape: the straightforward way also
-computes the LM head (B·T·D·V) and, for bi, O((B·T)²·D) cosines; ours costs the floor. At 7B shapes the
-decoder layers dominate both, so the time ratio tends to ~1.1× there while the memory stays flat.
+be charged to whichever variant it lands in; the minimum rejects noise from a shared machine).
+
+``floor`` is a bare base-model forward over the same batches with no statistics: the least any one-pass
+method can cost. Where the speedup comes from depends on the shape: the straightforward way also computes
+the LM head (B·T·D·V) and, for bi, O((B·T)²·D) cosines; ours costs the floor. Measured (2-core machine):
+hidden 128 × 8 layers, vocab 32000: bi 2.8–3.5×, angular 2.3–2.7×, ours 0.93–1.02× the floor; hidden 512 ×
+16 layers: bi 1.5×, angular 1.1–1.2×. At 7B shapes the decoder layers dominate both, so the time ratio tends
+to ~1.1× while the memory stays flat in the number of windows.
 """
 
 from __future__ import annotations
@@ -55,7 +59,8 @@ def ours(model, cal, args):
 
 def straightforward(model, cal, args):
     with torch.no_grad():  # keep every hidden state of every window, as output_hidden_states gives them
-        stored = [model(ids, output_hidden_states=True, use_cache=False).hidden_states for ids in cal.batches(args.batch)]
+        stored = [model(ids, output_hidden_states=True, use_cache=False).hidden_states
+                  for ids in cal.batches(args.batch)]
     return (_bi if args.criterion == "bi" else _angular)(stored, args.layers, args.n)
 
 

@@ -1,5 +1,5 @@
-"""layerprune prune MODEL (--drop SPEC | --method M (--num-drop N | --ratio R) [calibration] | --scores FILE [--num-drop N])
---out DIR"""
+"""layerprune prune MODEL --out DIR with one of
+--drop SPEC | --method M (--num-drop N | --ratio R) [calibration] | --scores FILE [--num-drop N | --ratio R]"""
 
 from layerprune.commands._args import add_load_arguments
 from layerprune.commands.score import add_scoring_arguments, scoring_kwargs

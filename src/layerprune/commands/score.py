@@ -1,4 +1,5 @@
-"""layerprune score MODEL --method M (--num-drop N[,N...] | --ratio R[,R...]) [--calibration SRC] ... --out scores.json"""
+"""layerprune score MODEL --method M (--num-drop N[,N...] | --ratio R[,R...]) [--calibration SRC] ...
+--out scores.json"""
 
 import argparse
 
