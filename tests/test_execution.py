@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from layerprune.errors import UsageError
-from layerprune.execution import ExecutionResult, classify_error, run_program, run_programs
+from layerprune.execution import describe_sandbox, ExecutionResult, classify_error, run_program, run_programs
 
 DATA = Path(os.environ.get("LAYERPRUNE_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 HUMANEVAL = DATA / "humaneval" / "HumanEval.jsonl.gz"
@@ -147,6 +147,32 @@ def test_process_escaping_the_guard_is_killed_with_the_group():
     if pid > 0:  # -1 means RLIMIT_NPROC refused the fork (non-root runs)
         time.sleep(0.2)
         assert not _process_alive(pid)
+
+
+CTYPES_ATTACKS = {  # each bypasses the Python guard; the kernel filter must refuse the syscall itself
+    "fork": "import ctypes\nassert ctypes.CDLL(None).fork() != -1, 'refused'",
+    "exec": "import ctypes\nassert ctypes.CDLL(None).execv(b'/bin/true', None) != -1, 'refused'",
+    "kill parent": "import ctypes, os\nassert ctypes.CDLL(None).kill(os.getppid(), 0) != -1, 'refused'",
+    "raise a limit": ("import ctypes, resource\nclass R(ctypes.Structure):\n    _fields_ = [('cur', ctypes.c_ulong), "
+                      "('max', ctypes.c_ulong)]\nr = R(resource.RLIM_INFINITY, resource.RLIM_INFINITY)\n"
+                      "assert ctypes.CDLL(None).setrlimit(resource.RLIMIT_AS, ctypes.byref(r)) != -1, 'refused'"),
+    "socket": "import socket\ntry:\n    socket.socket()\nexcept PermissionError:\n    raise AssertionError('refused')",
+}
+
+
+@pytest.mark.skipif(not describe_sandbox()["seccomp"], reason="libseccomp/pyseccomp not available on this machine")
+@pytest.mark.parametrize("attack", sorted(CTYPES_ATTACKS))
+def test_kernel_filter_refuses_what_ctypes_could_do(attack):
+    result = run_program(CTYPES_ATTACKS[attack], timeout=5.0)
+    assert (result.status, result.message) == ("failed", "AssertionError: refused")
+
+
+def test_threads_and_signals_to_itself_still_work():
+    program = ("import threading, signal, os\nseen = []\nt = threading.Thread(target=seen.append, args=[1])\n"
+               "t.start(); t.join()\nsignal.signal(signal.SIGUSR1, lambda *a: seen.append(2))\n"
+               "signal.raise_signal(signal.SIGUSR1)\nassert seen == [1, 2], seen")
+    result = run_program(program, timeout=5.0)
+    assert result.status == "passed" or "can't start new thread" in result.message  # non-root: NPROC = 0
 
 
 def test_unbounded_allocation_hits_the_memory_limit():

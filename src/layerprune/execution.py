@@ -11,6 +11,10 @@ Execution model (after openai/human-eval, but one fresh interpreter per program)
   per file, RLIMIT_NPROC = 0 so no processes or threads for non-root, RLIMIT_CORE = 0,
   RLIMIT_NOFILE = 64), installs a guard that disables destructive calls, then compiles and
   `exec`s the program as `__main__`. stdin is empty.
+* Where libseccomp is available (Linux, `pyseccomp`), a seccomp filter then makes the kernel refuse new
+  processes (fork, vfork, clone without CLONE_THREAD, clone3), exec, signals to other processes, ptrace,
+  sockets other than AF_UNIX, raising resource limits, changing uid/gid, namespaces, mounts, links and
+  chown, with EPERM. Unlike the guard, ctypes cannot undo it. Threads stay allowed (non-root: NPROC = 0).
 * stdout and stderr go to one file capped by RLIMIT_FSIZE; the parent reads only its last few KB.
 * The child reports its outcome on a private file descriptor, prefixed with a random sentinel that
   only the harness knows. A run is "passed" only when that report says the program ran to the end
@@ -27,14 +31,16 @@ Guard decisions (inside the child, before the program runs):
 * exit()/quit()/sys.exit() raise SystemExit as usual and os._exit raises SystemExit too; the
   harness catches it and records a failure.
 
-This is containment of accidents, not a security boundary: code that uses ctypes can undo the
-guard, when the evaluator runs as root RLIMIT_NPROC is not enforced by the kernel (fork is
-still blocked by the guard, and any escaped process in the group is killed at the end), and a
-program may write many 8 MiB files inside its directory until it times out.
+What remains: without libseccomp, code that uses ctypes can undo the guard (and as root RLIMIT_NPROC
+is not enforced, so only the guard stops fork); with it, ctypes can still write files outside the
+working directory wherever the evaluator's user may (the guard stops Python's own file APIs only), and
+a program may write many 8 MiB files inside its directory until it times out. `describe_sandbox()`
+says which layers are active; results.json records it.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -42,6 +48,7 @@ import resource
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -97,6 +104,18 @@ def classify_error(message: str) -> str:
     if name == "AssertionError":
         return "assertion"
     return "runtime_error"
+
+
+def describe_sandbox() -> dict:
+    """Which containment layers a run gets on this machine (for results.json)."""
+    try:
+        import pyseccomp  # noqa: F401  (the child imports it the same way)
+
+        seccomp = True
+    except Exception:  # ImportError, or RuntimeError when libseccomp is missing
+        seccomp = False
+    return {"process": "own session, killed as a group", "rlimits": ["AS", "CPU", "FSIZE", "NPROC", "CORE", "NOFILE"],
+            "python_guard": True, "seccomp": seccomp, "root": os.geteuid() == 0}
 
 
 def run_program(program: str, timeout: float = 10.0, memory_mb: int = 1024) -> ExecutionResult:
@@ -256,6 +275,7 @@ def _child_main(input_path: str, memory_mb: int, cpu_seconds: int, report_fd: in
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)  # input() sees EOF
     _set_limits(memory_mb, cpu_seconds)
+    _install_seccomp()
     _install_guard(os.getcwd())
     report = _run_guarded(payload["program"])
     for stream in (sys.stdout, sys.stderr):
@@ -294,6 +314,37 @@ def _set_limits(memory_mb: int, cpu_seconds: int) -> None:
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # no fork, no threads (ignored for root)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+
+# Refused by the seccomp filter (EPERM) whatever the arguments; see _install_seccomp for the conditional ones.
+_DENIED_SYSCALLS = (
+    "fork", "vfork", "execve", "execveat", "ptrace", "process_vm_writev", "tkill", "setsid", "setpgid",
+    "unshare", "setns", "mount", "umount2", "chroot", "pivot_root", "setrlimit", "setuid", "setgid",
+    "setreuid", "setregid", "setresuid", "setresgid", "setgroups", "chown", "fchown", "lchown", "fchownat",
+    "symlink", "symlinkat", "link", "linkat", "bpf", "perf_event_open", "keyctl", "add_key", "request_key",
+    "init_module", "finit_module", "delete_module", "kexec_load", "reboot",
+)
+_CLONE_THREAD = 0x00010000
+
+
+def _install_seccomp() -> bool:
+    """Load the kernel-enforced filter described in the module docstring; False where libseccomp is absent."""
+    try:
+        import pyseccomp as sc
+    except Exception:  # not Linux, or no libseccomp (pyseccomp raises RuntimeError): rlimits and guard apply
+        return False
+    deny, me = sc.ERRNO(errno.EPERM), os.getpid()
+    rules = sc.SyscallFilter(defaction=sc.ALLOW)
+    for name in _DENIED_SYSCALLS:
+        rules.add_rule(deny, name)
+    rules.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, _CLONE_THREAD, 0))  # a process, not a thread
+    rules.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")  # flags sit behind a pointer: libc falls back to clone
+    for name in ("kill", "tgkill"):
+        rules.add_rule(deny, name, sc.Arg(0, sc.NE, me))  # signals to itself (raise, abort) stay possible
+    rules.add_rule(deny, "prlimit64", sc.Arg(2, sc.NE, 0))  # setting a limit; reading one stays possible
+    rules.add_rule(deny, "socket", sc.Arg(0, sc.NE, socket.AF_UNIX))
+    rules.load()
+    return True
 
 
 def _install_guard(workdir: str) -> None:

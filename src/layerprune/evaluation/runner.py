@@ -33,6 +33,7 @@ from layerprune.evaluation.hf_backend import HFBackend
 from layerprune.evaluation.requests import GenerationRequest, LoglikelihoodRequest
 from layerprune.evaluation.tasks import get_task
 from layerprune.evaluation.tasks.base import TaskGroup, TaskOptions
+from layerprune.execution import describe_sandbox
 
 LM_EVAL_REFERENCE = "0.4.13"  # the harness whose prompts, tokenization and metrics these tasks reproduce
 
@@ -191,7 +192,7 @@ def _config(names, opts: TaskOptions, batch_size, dtype, device) -> dict[str, An
     root = resolve_data_dir(opts.data_dir)
     cfg["data_dir"] = str(root) if root is not None else "hub"
     return {"tasks": names, **cfg, "batch_size": batch_size, "dtype": str(dtype) if dtype else "auto",
-            "device": device}
+            "device": device, "code_sandbox": describe_sandbox()}
 
 
 def _fingerprint(source: str | None, model) -> str:
