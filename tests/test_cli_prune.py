@@ -139,3 +139,12 @@ def test_dtype_option(llama_dir, tmp_path):
     assert main(["prune", str(llama_dir), "--drop", "0", "--out", str(out), "--dtype", "bfloat16"]) == 0
     assert AutoModelForCausalLM.from_pretrained(out).dtype == torch.bfloat16
     assert main(["prune", str(llama_dir), "--drop", "0", "--out", str(tmp_path / "x"), "--dtype", "fp8"]) == 2
+
+
+@pytest.mark.parametrize("argv", [["score", "m", "--method", "bi", "--num-drop", "abc", "--out", "s.json"],
+                                  ["prune", "m"], ["nope"], ["eval", "m", "--tasks", "arc_easy", "--limit", "x"]])
+def test_malformed_command_line_is_one_line_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and "--help" in err, err

@@ -1,7 +1,8 @@
 """Command-line entry point: a table of verbs, each a module in `layerprune.commands`.
 
 Each command module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``;
-``run`` calls an importable library function. A `UsageError` becomes one line on stderr and exit 2.
+``run`` calls an importable library function. A `UsageError`, like a malformed command line, becomes one
+line on stderr and exit 2.
 """
 
 from __future__ import annotations
@@ -23,8 +24,15 @@ def _command_modules():
             yield importlib.import_module(f"layerprune.commands.{info.name}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line (the problem and where the options are), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="layerprune",
         description="Score, remove, evaluate and heal decoder layers of Hugging Face LLMs.",
     )
