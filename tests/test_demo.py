@@ -23,8 +23,8 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert str(out / "report.md") in printed and "report.html" in printed
     md = (out / "report.md").read_text()
-    for section in ("What this study shows", "Safe depth", "Retention vs. pruning ratio", "Healing gain by arm",
-                    "Diagnostics vs. ratio", "Per-layer scores by criterion"):
+    for section in ("Safe depth (the recommendation)", "Retention by criterion and ratio",
+                    "Healing: recovery and arm vs. arm", "Diagnostics vs. ratio", "Per-layer scores"):
         assert f"## {section}" in md
     summary = json.loads((out / "summary.json").read_text())
     assert {r["kind"] for r in summary["retention"]} == {"classification", "generative"}
