@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 WINDOW = (1280, 800)
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "report_first_screen.png"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
          f"--window-size={WINDOW[0]},{WINDOW[1]}"]
@@ -56,7 +57,7 @@ def _save_small(src: Path, dst: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("html", type=Path, help="a study's report.html")
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "report_first_screen.png")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"PNG to write (default {DEFAULT_OUT})")
     args = ap.parse_args()
     render(args.html, args.out)
     print(f"{args.out} ({args.out.stat().st_size // 1024} KB)")

@@ -102,5 +102,5 @@ def test_every_headline_percentage_is_a_summary_number():
 
 def test_scale_line_counts_the_study():
     assert scale_line(_summary(TIE), "crafted") == (
-        "crafted — 1 model (m, 12 layers) · 2 criteria × 2 ratios (25%, 50%) · 3 healing arms (none, sgr, original) · "
-        "1 task, 50 documents each · 9 of 9 planned models evaluated")
+        "crafted — 1 model (m, 12 layers) · 2 criteria × 2 ratios (25%, 50%) · 3 healing arms (none, sgr, original)"
+        " · 1 task, 50 documents each · 9 of 9 planned models evaluated")

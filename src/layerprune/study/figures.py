@@ -124,7 +124,8 @@ def retention_vs_ratio(summary: dict, model: str) -> Figure | None:
         fig = _figure(-(-len(arms) // 3), 2.9)
         axes = _grid(fig, len(arms))
         yaxis = _Axis(0.0, 1.5, "retention")
-        lim = yaxis.limits([1.0, summary["threshold"]] + [r["retention"][k] for r in rows for k in ("value", "lo", "hi")])
+        lim = yaxis.limits([1.0, summary["threshold"]]
+                           + [r["retention"][k] for r in rows for k in ("value", "lo", "hi")])
         crits = list(dict.fromkeys(r["criterion"] for r in rows))
         kinds = list(dict.fromkeys(r["kind"] for r in rows))
         for ax, arm in zip(axes, arms):

@@ -45,8 +45,8 @@ def n_layers(s: dict, model: str) -> int | None:
 
 
 def scale_line(s: dict, name: str) -> str:
-    """'demo — 1 model (testbed, 12 layers) · 3 criteria × 3 ratios · 3 healing arms · 6 tasks, 100 documents each ·
-    57 of 57 planned models evaluated'."""
+    """'demo — 1 model (testbed, 12 layers) · 3 criteria × 3 ratios (…) · 3 healing arms (…) · 6 tasks, 100
+    documents each · 57 of 57 planned models evaluated'."""
     models = list(dict.fromkeys(v["model"] for v in s["tasks"]))
     crits = list(dict.fromkeys(v["criterion"] for v in s["tasks"] if v["criterion"] is not None))
     ratios = sorted({v["ratio"] for v in s["tasks"] if v["criterion"] is not None})
@@ -57,8 +57,8 @@ def scale_line(s: dict, name: str) -> str:
     doc = f"{docs[0]} documents each" if len(docs) == 1 else (f"{docs[0]}–{docs[-1]} documents" if docs else "")
     return (f"{name} — {len(models)} model{'s' * (len(models) != 1)} ({ms}) · {len(crits)} criteria × "
             f"{len(ratios)} ratios ({', '.join(f'{r:.0%}' for r in ratios)}) · {len(arms)} healing arms "
-            f"({', '.join(arms)}) · {len(tasks)} task{'s' * (len(tasks) != 1)}, {doc} · {s['evaluated']} of {s['variants']} planned models "
-            "evaluated")
+            f"({', '.join(arms)}) · {len(tasks)} task{'s' * (len(tasks) != 1)}, {doc} · {s['evaluated']} of "
+            f"{s['variants']} planned models evaluated")
 
 
 def headline(s: dict) -> list[str]:
@@ -94,8 +94,8 @@ def _safe_sentence(s: dict, kind: str) -> str | None:
             first = min(r for d in rows for r in d["ratios_tested"])
             cands = [(d, _retention_at(s, m, d["criterion"], d["arm"], kind, first)) for d in rows]
             d, e = max(cands, key=lambda c: _key(c[1]))
-            parts.append(f"{prefix}no criterion or healing arm is safe even at {first:.0%} of layers removed "
-                         f"(best there: {_how(d['criterion'], d['arm'])}, {pct(e)})" if e else f"{prefix}none safe")
+            there = f" (best there: {_how(d['criterion'], d['arm'])}, {pct(e)})" if e else ""
+            parts.append(f"{prefix}no criterion or healing arm is safe even at {first:.0%} of layers removed{there}")
             continue
         ties = [(d, _retention_at(s, m, d["criterion"], d["arm"], kind, best)) for d in rows if d["safe_ratio"] == best]
         ties.sort(key=lambda c: _key(c[1]), reverse=True)
@@ -104,9 +104,11 @@ def _safe_sentence(s: dict, kind: str) -> str | None:
         layers = f" ({round(best * n)} of {n})" if n else ""
         more = (f"; {len(ties) - 1} other criterion/arm pair{'s reach' if len(ties) > 2 else ' reaches'} it too"
                 if len(ties) > 1 else "")
-        unsafe = f"; {', '.join(never)} {'is' if len(never) == 1 else 'are'} not safe at any tested ratio" if never else ""
-        parts.append(f"{prefix}up to {best:.0%} of layers{layers} can be removed with {_how(d['criterion'], d['arm'])}, "
-                     f"retaining {pct(e)} of baseline{more}{unsafe}" if e else f"{prefix}up to {best:.0%}")
+        unsafe = (f"; {', '.join(never)} {'is' if len(never) == 1 else 'are'} not safe at any tested ratio"
+                  if never else "")
+        kept = f", retaining {pct(e)} of baseline" if e else ""
+        parts.append(f"{prefix}up to {best:.0%} of layers{layers} can be removed with "
+                     f"{_how(d['criterion'], d['arm'])}{kept}{more}{unsafe}")
     threshold = f" (retention CI lower bound ≥ {s['threshold']:.0%})"
     return f"{kind.capitalize()}{threshold}: " + "; ".join(parts) + "." if parts else None
 
@@ -123,7 +125,8 @@ def _gap_sentence(s: dict) -> str | None:
     for r in s["retention"]:
         if r["arm"] == "none":
             cuts[(r["model"], r["criterion"], r["num_drop"])][r["kind"]] = (r["ratio"], r["retention"])
-    pairs = [(k["classification"], k["generative"]) for k in cuts.values() if {"classification", "generative"} <= k.keys()]
+    pairs = [(k["classification"], k["generative"]) for k in cuts.values()
+             if {"classification", "generative"} <= k.keys()]
     if not pairs:
         return None
     ratios = sorted({c[0] for c, _ in pairs})

@@ -103,7 +103,8 @@ def speed_table(s: dict) -> list[Block]:
         return []
     keys = speed_keys(rows)
     head = _lead_head(s) + ["removed (layers)"] + [k.removesuffix("_speedup").replace("_", " ") + " ×" for k in keys]
-    body = [_lead(s, r["model"], r["criterion"]) + [f"{r['ratio']:.0%} ({r['num_drop']})"] + [_times(r.get(k)) for k in keys]
+    body = [_lead(s, r["model"], r["criterion"]) + [f"{r['ratio']:.0%} ({r['num_drop']})"]
+            + [_times(r.get(k)) for k in keys]
             for r in sorted(rows, key=lambda r: (r["model"], str(r["criterion"]), r["ratio"]))]
     return [("table", head, body)]
 
