@@ -56,7 +56,7 @@ def scale_line(s: dict, name: str) -> str:
     ms = ", ".join(f"{m}, {n_layers(s, m)} layers" if n_layers(s, m) else m for m in models)
     doc = f"{docs[0]} documents each" if len(docs) == 1 else (f"{docs[0]}–{docs[-1]} documents" if docs else "")
     return (f"{name} — {len(models)} model{'s' * (len(models) != 1)} ({ms}) · {len(crits)} criteria × "
-            f"{len(ratios)} ratios ({', '.join(f'{r:.0%}' for r in ratios)}) · {len(arms)} healing arms "
+            f"{len(ratios)} ratio{'s' * (len(ratios) != 1)} ({', '.join(f'{r:.0%}' for r in ratios)}) · {len(arms)} healing arms "
             f"({', '.join(arms)}) · {len(tasks)} task{'s' * (len(tasks) != 1)}, {doc} · {s['evaluated']} of "
             f"{s['variants']} planned models evaluated")
 

@@ -64,7 +64,7 @@ def build_blocks(s: dict, cfg: dict, root: Path) -> list[Block]:
     b += [("h", 2, "Safe depth (the recommendation)"),
           ("p", f"Largest share of layers removed whose retention CI lower bound stays ≥ {s['threshold']:.0%} of "
                 "baseline at that ratio and every smaller one tested; each cell: safe ratio (layers removed) · "
-                "retention there [CI]."),
+                "retention there [CI], or the retention at the smallest ratio tested when none is safe."),
           safe_depth_table(s)]
     b += [("toc", list(SECTIONS))]
     b += _section("retention", [("p", f"Retention = pruned / baseline, in %, with {s['confidence']:.0%} paired "
