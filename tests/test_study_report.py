@@ -33,6 +33,21 @@ def test_absurd_speedup_keeps_the_axis_plausible_and_is_marked():
     assert fig.offscale == [] and fig.axes[0].get_ylim()[1] < 2.5
 
 
+def test_per_answer_speed_is_optional_and_flows_through():
+    from layerprune.study.tables import speed_table
+
+    s = _summary(CLEAR)
+    s["speed"] = _speed(1.5)
+    (_, head, _rows), = speed_table(s)
+    assert head == ["criterion", "removed (layers)", "ideal ×", "decode ×", "prefill ×"]
+    for r in s["speed"]:
+        r["answer_speedup"] = 1.4 if r["num_drop"] == 3 else None  # measured once, flagged unreliable once
+    (_, head, rows), = speed_table(s)
+    assert head[-1] == "answer ×" and [r[-1] for r in rows] == ["1.40", "n/a"]
+    fig = figures.speedup(s, "m")
+    assert "answer" in [t.get_text() for t in fig.legends[0].get_texts()]
+
+
 def test_absurd_retention_is_clipped_and_listed_in_the_report(tmp_path):
     s = _summary(CLEAR)
     s["retention"][0]["retention"] = _e(80.0, 70.0, 90.0)  # a near-zero baseline: 8000% "retention"

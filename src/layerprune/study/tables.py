@@ -22,10 +22,14 @@ def cell(e: dict | None, scale: float = 100.0, signed: bool = False) -> str:
     v, lo, hi = e["value"], e.get("lo"), e.get("hi")
     if v is None or v != v:
         return "n/a"
-    f = "{:+.0f}" if signed else "{:.0f}"
+    def f(x: float) -> str:
+        x = scale * x
+        x = 0.0 if round(x) == 0 else x  # no "-0"
+        return f"{x:+.0f}" if signed and x else f"{x:.0f}"
+
     if lo is None or lo != lo:
-        return f.format(scale * v)
-    return f"{f.format(scale * v)} [{f.format(scale * lo)}, {f.format(scale * hi)}]"
+        return f(v)
+    return f"{f(v)} [{f(lo)}, {f(hi)}]"
 
 
 def _models(s: dict) -> list[str]:
