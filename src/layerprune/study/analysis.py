@@ -60,8 +60,8 @@ def analyze(root: Path, threshold: float = 0.9, n_boot: int = 1000, confidence: 
         "tasks": _task_table(done, scores),
         "retention": rows,
         "arm_gaps": gaps,
-        "sgr_vs_original": [{k: g[k] for k in g if k not in ("a", "b")} for g in gaps
-                            if (g["a"], g["b"]) == ("sgr", "original")],
+        "sgr_vs_original": [{k: g[k] for k in g if k not in ("a", "b")} | {"gap": _oriented(g, "sgr", "original")}
+                            for g in gaps if {g["a"], g["b"]} == {"sgr", "original"}],
         "safe_depth": _safe_depth(rows, threshold),
         "speed": _speed(done, store, base),
         "layer_scores": _layer_scores(plan, store),
@@ -88,6 +88,12 @@ def _arm_gaps(done: list[dict], scores: dict, base: dict, n_boot: int, confidenc
                 out.append({k: p[k] for k in ("model", "criterion", "num_drop", "ratio")}
                            | {"kind": kind, "a": a, "b": b, "gap": gap.as_dict()})
     return out
+
+
+def _oriented(g: dict, a: str, b: str) -> dict:
+    """g's recovery gap as a − b (negated, interval flipped, when g holds b − a)."""
+    e = g["gap"]
+    return e if (g["a"], g["b"]) == (a, b) else {"value": -e["value"], "lo": -e["hi"], "hi": -e["lo"]}
 
 
 def _same_cut(a: dict, b: dict) -> bool:
