@@ -88,3 +88,17 @@ def test_report_first_screen_in_a_browser(quick_demo, tmp_path):
     saturated = (img.max(axis=2) - img.min(axis=2) > 80).sum()  # coloured pixels: only the figure's lines and bands
     assert ink > 0.02, f"screenshot is (nearly) blank: {ink:.3%} non-white pixels"
     assert saturated > 2000, f"the retention figure is not on the first screen ({saturated} coloured pixels)"
+
+
+def test_report_verb_rewrites_the_report_without_rerunning(quick_demo):
+    import sqlite3
+
+    out, _ = quick_demo
+    for name in ("report.md", "report.html"):
+        (out / name).unlink()
+    assert main(["report", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert md.index("retention_testbed.png") < md.index("## Safe depth") < md.index("## Retention by criterion")
+    assert "<details" in (out / "report.html").read_text()
+    with sqlite3.connect(out / "index.sqlite") as con:
+        assert all(r == 1 for (r,) in con.execute("SELECT runs FROM steps"))  # no step ran again
