@@ -72,7 +72,7 @@ def _kinds(s: dict) -> list[str]:
     return list(dict.fromkeys(d["kind"] for d in s["safe_depth"]))
 
 
-def _retention_at(s: dict, model: str, crit: str, arm: str, kind: str, ratio: float) -> dict | None:
+def retention_at(s: dict, model: str, crit: str, arm: str, kind: str, ratio: float) -> dict | None:
     return next((r["retention"] for r in s["retention"] if (r["model"], r["criterion"], r["arm"], r["kind"]) ==
                  (model, crit, arm, kind) and abs(r["ratio"] - ratio) < 1e-9), None)
 
@@ -92,12 +92,12 @@ def _safe_sentence(s: dict, kind: str) -> str | None:
                  if all(d["safe_ratio"] == 0 for d in rows if d["criterion"] == c)]
         if best == 0:
             first = min(r for d in rows for r in d["ratios_tested"])
-            cands = [(d, _retention_at(s, m, d["criterion"], d["arm"], kind, first)) for d in rows]
+            cands = [(d, retention_at(s, m, d["criterion"], d["arm"], kind, first)) for d in rows]
             d, e = max(cands, key=lambda c: _key(c[1]))
             there = f" (best there: {_how(d['criterion'], d['arm'])}, {pct(e)})" if e else ""
             parts.append(f"{prefix}no criterion or healing arm is safe even at {first:.0%} of layers removed{there}")
             continue
-        ties = [(d, _retention_at(s, m, d["criterion"], d["arm"], kind, best)) for d in rows if d["safe_ratio"] == best]
+        ties = [(d, retention_at(s, m, d["criterion"], d["arm"], kind, best)) for d in rows if d["safe_ratio"] == best]
         ties.sort(key=lambda c: _key(c[1]), reverse=True)
         d, e = ties[0]
         n = n_layers(s, m)
@@ -130,8 +130,10 @@ def _gap_sentence(s: dict) -> str | None:
     if not pairs:
         return None
     ratios = sorted({c[0] for c, _ in pairs})
-    cv = sorted(c[1]["value"] for c, _ in pairs)
-    gv = sorted(g[1]["value"] for _, g in pairs)
+    cv = sorted(c[1]["value"] for c, _ in pairs if c[1]["value"] == c[1]["value"])  # NaN (0 baseline) left out
+    gv = sorted(g[1]["value"] for _, g in pairs if g[1]["value"] == g[1]["value"])
+    if not cv or not gv:
+        return None
     higher = sum(c[1]["lo"] > g[1]["hi"] for c, g in pairs)
     lower = sum(c[1]["hi"] < g[1]["lo"] for c, g in pairs)
     span = _range(ratios)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from layerprune.study.figures import arms_in_order, speed_keys
-from layerprune.study.narrative import n_layers, pct, verdict
+from layerprune.study.narrative import n_layers, pct, retention_at, verdict
 
 Block = tuple
 
@@ -58,20 +58,15 @@ def safe_depth_table(s: dict) -> Block:
                 cells.append("")
             elif d["safe_ratio"] == 0:
                 first = min(d["ratios_tested"])
-                est = _retention_at(s, m, c, a, k, first)
+                est = retention_at(s, m, c, a, k, first)
                 cells.append(f"not safe · at {first:.0%}: {pct(est)}" if est else "not safe")
             else:
                 n = n_layers(s, m)
-                est = _retention_at(s, m, c, a, k, d["safe_ratio"])
+                est = retention_at(s, m, c, a, k, d["safe_ratio"])
                 layers = f" ({round(d['safe_ratio'] * n)}/{n})" if n else ""
                 cells.append(f"{d['safe_ratio']:.0%}{layers}" + (f" · {pct(est)}" if est else ""))
         rows.append(_lead(s, m, c) + [a] + cells)
     return ("table", _lead_head(s) + ["healing"] + kinds, rows)
-
-
-def _retention_at(s: dict, m: str, c: str, a: str, k: str, ratio: float) -> dict | None:
-    return next((r["retention"] for r in s["retention"] if (r["model"], r["criterion"], r["arm"], r["kind"])
-                 == (m, c, a, k) and abs(r["ratio"] - ratio) < 1e-9), None)
 
 
 def _grid(s: dict, rows_in: list[dict], value) -> list[Block]:
