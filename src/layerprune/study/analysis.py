@@ -62,7 +62,17 @@ def analyze(root: Path, threshold: float = 0.9, n_boot: int = 1000, confidence: 
         "speed": _speed(done, store, base),
         "layer_scores": _layer_scores(plan, store),
         "diagnostics": _diagnostics(done, store),
+        "scaling": _scaling(plan, store, n_boot, confidence),
     }
+
+
+def _scaling(plan: dict, store: Store, n_boot: int, confidence: float) -> list[dict]:
+    """Test-time scaling curves of the sampled evaluations (plan["scaling"]), gaps against the sampled baseline."""
+    from layerprune.study.scaling import scaling_curves
+
+    sampled = [v for v in plan.get("scaling", []) if store.is_done(v["eval"])]
+    sampled_base = {v["model"]: v for v in sampled if v["criterion"] is None}
+    return scaling_curves(sampled, store, sampled_base, n_boot, confidence) if sampled else []
 
 
 def _sgr_gap(done: list[dict], scores: dict, base: dict, n_boot: int, confidence: float) -> list[dict]:

@@ -162,6 +162,19 @@ class HealingConfig(_Strict):
         return base.model_copy(update={"mode": arm.kind}) if arm.kind in ("partial", "lm") else base
 
 
+class ScalingConfig(_Strict):
+    """Test-time scaling curves: a sampled evaluation of the baseline and chosen pruned/healed variants, giving
+    pass@k (and majority vote maj@k on answer tasks) for k = 1, 2, 4, … samples (`layerprune.study.scaling`)."""
+
+    samples: int = Field(8, ge=2, description="samples per document: the curve's largest k")
+    temperature: float = Field(0.8, gt=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    tasks: list[str] | None = Field(None, description="default: the study's generative tasks")
+    limit: int | None = Field(None, ge=1, description="documents per task; default: eval.limit")
+    criteria: list[str] | None = Field(None, description="criteria whose cuts get curves; default: the first")
+    arms: list[str] | None = Field(None, description="healing arm labels that get curves; default: every arm")
+
+
 class EvalConfig(_Strict):
     tasks: list[str] = Field(min_length=1)
     limit: int | None = Field(None, ge=1)
@@ -172,6 +185,7 @@ class EvalConfig(_Strict):
     temperature: float = 0.0
     top_p: float = 1.0
     num_samples: int = 1
+    scaling: ScalingConfig | None = Field(None, description="test-time scaling curves; off by default")
 
 
 class SpeedConfig(_Strict):

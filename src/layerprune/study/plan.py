@@ -39,6 +39,7 @@ class Step:
 class Plan:
     steps: tuple[Step, ...]
     variants: tuple[dict[str, Any], ...]  # one per evaluated model: {model, criterion, n, ratio, arm, eval, speed}
+    scaling: tuple[dict[str, Any], ...] = ()  # sampled evaluations for test-time scaling curves, same shape
 
     def by_id(self) -> dict[str, Step]:
         return {s.id: s for s in self.steps}
@@ -60,7 +61,7 @@ class _Builder:
 def make_plan(cfg: StudyConfig) -> Plan:
     b = _Builder()
     variants: list[dict[str, Any]] = []
-    ev = cfg.eval.model_dump()
+    ev = cfg.eval.model_dump(exclude={"scaling"})
     for m in cfg.models:
         src = b.add("model", f"model {m.name}", {"model": m.model_dump(exclude={"name"})})
         L = _num_layers(m)
@@ -97,7 +98,33 @@ def make_plan(cfg: StudyConfig) -> Plan:
                         "chat_template": m.chat_template}, (pruned, data[arm.responses]))
                     variants.append(_variant(m.name, criterion, n, ratio, arm.label,
                                              evaluate(healed, f"{tag}/{arm.label}"), sp, L))
-    return Plan(tuple(b.steps.values()), tuple(variants))
+    scaling = _scaling(b, cfg, variants)
+    return Plan(tuple(b.steps.values()), tuple(variants), tuple(scaling))
+
+
+def _scaling(b: _Builder, cfg: StudyConfig, variants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A sampled eval step per chosen variant (baseline, first criterion's cuts, its healed arms), reading the
+    same model step as that variant's own eval."""
+    sc = cfg.eval.scaling
+    if sc is None:
+        return []
+    from layerprune.study.scaling import generative_tasks
+
+    tasks = sc.tasks or generative_tasks(cfg.eval.tasks)
+    if not tasks:
+        raise UsageError("eval.scaling: the study has no generative task; list some in eval.scaling.tasks")
+    criteria = sc.criteria or cfg.pruning.criteria[:1]
+    ev = {**cfg.eval.model_dump(exclude={"scaling"}), "tasks": tasks, "limit": sc.limit or cfg.eval.limit,
+          "num_samples": sc.samples, "temperature": sc.temperature, "top_p": sc.top_p}
+    out = []
+    for v in variants:
+        if v["criterion"] is not None and (v["criterion"] not in criteria or
+                                           (v["arm"] != "none" and sc.arms is not None and v["arm"] not in sc.arms)):
+            continue
+        step = b.steps[v["eval"]]
+        sampled = b.add("eval", step.label.replace("eval ", "scaling ", 1), {**step.params, "eval": ev}, step.deps)
+        out.append({**v, "eval": sampled, "speed": None})
+    return out
 
 
 def _variant(model, criterion, n, ratio, arm, eval_id, speed_id, L) -> dict[str, Any]:
