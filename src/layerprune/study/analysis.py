@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from layerprune.study.answers import answer_costs
 from layerprune.study.metrics import Estimate, load_scores, recovery, recovery_gap, retention, safe_ratio
 from layerprune.study.store import Store
 
@@ -63,6 +64,7 @@ def analyze(root: Path, threshold: float = 0.9, n_boot: int = 1000, confidence: 
         "layer_scores": _layer_scores(plan, store),
         "diagnostics": _diagnostics(done, store),
         "scaling": _scaling(plan, store, n_boot, confidence),
+        "answers": answer_costs(done, store, base),
     }
 
 
