@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from layerprune.study.answers import answer_costs
-from layerprune.study.metrics import Estimate, load_scores, recovery, recovery_gap, retention, safe_ratio
+from layerprune.study.metrics import (Estimate, load_scores, recovery, recovery_gap, retention, retention_gap,
+                                      safe_ratio)
 from layerprune.study.store import Store
 
 KINDS = ("classification", "generative")
@@ -65,7 +66,30 @@ def analyze(root: Path, threshold: float = 0.9, n_boot: int = 1000, confidence: 
         "diagnostics": _diagnostics(done, store),
         "scaling": _scaling(plan, store, n_boot, confidence),
         "answers": answer_costs(done, store, base),
+        "schedules": _schedules(done, scores, base, n_boot, confidence),
     }
+
+
+def _schedules(done: list[dict], scores: dict, base: dict, n_boot: int, confidence: float) -> list[dict]:
+    """Iterative prune→heal vs one-shot with the same healing budget: retention difference, paired CI."""
+    out = []
+    for it in (v for v in done if v["arm"].endswith("+iterative") and v["model"] in base):
+        arm = it["arm"].removesuffix("+iterative")
+        rival = next((v for v in done if _same_cut(v, it) and v["arm"] == f"{arm}+budget"), None)
+        if rival is None:  # one round only: the iterative chain *is* the one-shot cut
+            rival = next((v for v in done if _same_cut(v, it) and v["arm"] == arm), None)
+        if rival is None:
+            continue
+        b = base[it["model"]]
+        for kind in KINDS:
+            tasks = [t for t, s in scores[b["eval"]].items() if s.kind == kind]
+            if tasks:
+                vals = lambda var: [scores[var["eval"]][t].values for t in tasks]  # noqa: E731
+                diff = retention_gap(vals(it), vals(rival), vals(b), n_boot, confidence)
+                out.append({k: it[k] for k in ("model", "criterion", "num_drop", "ratio")} | {
+                    "arm": arm, "kind": kind, "rival": rival["arm"], "schedule": it.get("schedule"),
+                    "iterative_minus_oneshot": diff.as_dict()})
+    return out
 
 
 def _scaling(plan: dict, store: Store, n_boot: int, confidence: float) -> list[dict]:

@@ -61,6 +61,10 @@ class PruningConfig(_Strict):
     calibration: CalibrationConfig = CalibrationConfig()
     options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-criterion options, e.g. {task_iterative: {tasks: gsm8k, samples: 50}}")
+    schedule: Literal["oneshot", "iterative"] = Field(
+        "oneshot", description="iterative: also cut `step` layers, re-score, heal, repeat (per healing arm), "
+                               "beside one-shot pruning healed with the same total optimizer steps")
+    step: int | None = Field(None, ge=1, description="iterative: layers removed per prune→heal round")
 
     @field_validator("ratios")
     @classmethod
@@ -82,6 +86,10 @@ class PruningConfig(_Strict):
     def _one_size(self):
         if (self.ratios is None) == (self.num_drop is None):
             raise ValueError("pruning: give exactly one of `ratios` or `num_drop`")
+        if (self.schedule == "iterative") != (self.step is not None):
+            raise ValueError("pruning: `step` (layers per round) goes with `schedule: iterative`, and only with it")
+        if self.schedule == "iterative" and self.protected is not None:
+            raise ValueError("pruning: `protected` indices shift between iterative rounds; drop it or use oneshot")
         return self
 
 
