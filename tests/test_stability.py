@@ -91,3 +91,24 @@ def test_cli_writes_stability_and_rejects_one_seed(tmp_path, docs, capsys):
     assert rec["stability"]["seeds"] == [0, 1, 2] and set(rec["stability"]["overlap"]) == {"1", "2"}
     assert [p["calibration"]["seed"] for p in rec["stability"]["per_seed"]] == [0, 1, 2]
     assert rec["model"]["source"] == str(model_dir)
+
+
+@pytest.mark.slow
+def test_study_option_records_stability(tmp_path, data_dir):
+    import yaml
+
+    from layerprune.study.analysis import analyze
+
+    gsm = str(data_dir / "gsm8k" / "train.jsonl")
+    cfg = {"name": "st", "models": [{"name": "m", "tiny": {"family": "llama", "layers": 4}}],
+           "pruning": {"criteria": ["bi"], "num_drop": [1], "calibration_seeds": [0, 1, 2],
+                       "calibration": {"source": gsm, "text_field": "question", "seq_len": 16, "num_samples": 2}},
+           "eval": {"tasks": ["piqa"], "limit": 4, "data_dir": str(data_dir)}, "speed": {"enabled": False},
+           "report": {"bootstrap": 100}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["study", str(path), "--root", str(tmp_path / "root")]) == 0
+    (row,) = analyze(tmp_path / "root", n_boot=100)["layer_scores"]
+    st = row["stability"]
+    assert st["seeds"] == [0, 1, 2] and row["drop"] == st["per_seed"][0]["drops"]["1"]
+    assert sum(st["frequency"]["1"]) == pytest.approx(1.0)

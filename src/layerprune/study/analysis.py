@@ -173,7 +173,8 @@ def _layer_scores(plan: dict, store: Store) -> list[dict]:
             continue
         data = json.loads((store.step_dir(s["id"]) / "scores.json").read_text())
         out.append({"label": s["label"], "method": data.get("method"), "num_drop": data["params"]["num_drop"],
-                    "scores": data.get("scores"), "drop": data.get("drop")})
+                    "scores": data.get("scores"), "drop": data.get("drop"),
+                    **({"stability": data["stability"]} if "stability" in data else {})})
     return out
 
 

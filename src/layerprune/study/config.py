@@ -65,6 +65,9 @@ class PruningConfig(_Strict):
         "oneshot", description="iterative: also cut `step` layers, re-score, heal, repeat (per healing arm), "
                                "beside one-shot pruning healed with the same total optimizer steps")
     step: int | None = Field(None, ge=1, description="iterative: layers removed per prune→heal round")
+    calibration_seeds: list[int] | None = Field(
+        None, min_length=2, description="repeat each criterion over these calibration draws: selection stability "
+                                        "(the first seed's choice is pruned; the report flags unstable choices)")
 
     @field_validator("ratios")
     @classmethod

@@ -83,7 +83,9 @@ def make_plan(cfg: StudyConfig) -> Plan:
             score = b.add("score", f"score {m.name}/{criterion}", {
                 "method": criterion, "num_drop": [n for n, _ in sizes], "protected": cfg.pruning.protected,
                 "calibration": cfg.pruning.calibration.model_dump(), "seed": cfg.seed,
-                "options": cfg.pruning.options.get(criterion, {})}, (src,))
+                "options": cfg.pruning.options.get(criterion, {}),
+                **({"calibration_seeds": cfg.pruning.calibration_seeds} if cfg.pruning.calibration_seeds else {})},
+                (src,))
             def heal(model_step: str, tag: str, arm, train: dict) -> str:
                 return b.add("heal", f"heal {tag}/{arm.label}", {
                     "arm": arm.kind, "responses": arm.responses, "train": train, "seed": cfg.seed,
