@@ -65,9 +65,9 @@ def reference(tmp_path_factory, data_dir):
 def test_report_has_every_section(reference):
     _, root = reference
     md = (root / "report.md").read_text()
-    for section in ("What this study shows", "Safe depth", "Retention vs. pruning ratio", "Per-task scores",
-                    "Healing gain by arm", "Diagnostics vs. ratio", "Per-layer scores by criterion",
-                    "Measured vs. ideal speedup", "Provenance"):
+    for section in ("Safe depth (the recommendation)", "Retention by criterion and ratio", "Per-task scores",
+                    "Healing: recovery and arm vs. arm", "Diagnostics vs. ratio", "Per-layer scores", "Speed",
+                    "Provenance"):
         assert f"## {section}" in md, section
     assert (root / "figures" / "retention_m.png").stat().st_size > 1000
     assert (root / "figures" / "layer_scores_m.png").exists() and (root / "figures" / "speedup_m.png").exists()

@@ -2,7 +2,8 @@
 
 Rows of `summary["retention"]`: one per (model, criterion, n, arm, kind) with retention (and, for healed arms,
 recovery) and their bootstrap CIs; `summary["safe_depth"]`: per (model, criterion, arm, kind), the largest
-removed-layer ratio whose retention CI lower bound stays ≥ the threshold.
+removed-layer ratio whose retention CI lower bound stays ≥ the threshold; `summary["arm_gaps"]`: per cut, task
+type and pair of healed arms, the paired recovery difference (`sgr_vs_original` is its SGR − original subset).
 """
 
 from __future__ import annotations
@@ -54,12 +55,15 @@ def analyze(root: Path, threshold: float = 0.9, n_boot: int = 1000, confidence: 
             if v["arm"] != "none" and pruned is not None:
                 row["recovery"] = recovery(vals(v), vals(pruned), vals(b), n_boot, confidence).as_dict()
             rows.append(row)
+    gaps = _arm_gaps(done, scores, base, n_boot, confidence)
     return {
         "threshold": threshold, "confidence": confidence, "bootstrap": n_boot,
         "variants": len(variants), "evaluated": len(done),
         "tasks": _task_table(done, scores),
         "retention": rows,
-        "sgr_vs_original": _sgr_gap(done, scores, base, n_boot, confidence),
+        "arm_gaps": gaps,
+        "sgr_vs_original": [{k: g[k] for k in g if k not in ("a", "b")} for g in gaps
+                            if (g["a"], g["b"]) == ("sgr", "original")],
         "safe_depth": _safe_depth(rows, threshold),
         "speed": _speed(done, store, base),
         "layer_scores": _layer_scores(plan, store),
@@ -101,23 +105,24 @@ def _scaling(plan: dict, store: Store, n_boot: int, confidence: float) -> list[d
     return scaling_curves(sampled, store, sampled_base, n_boot, confidence) if sampled else []
 
 
-def _sgr_gap(done: list[dict], scores: dict, base: dict, n_boot: int, confidence: float) -> list[dict]:
-    """Per cut and task type: recovery(SGR) − recovery(original responses), paired bootstrap CI."""
+def _arm_gaps(done: list[dict], scores: dict, base: dict, n_boot: int, confidence: float) -> list[dict]:
+    """Per cut, task type and pair of healed arms (later − earlier in the config's order): recovery difference
+    with its paired bootstrap CI — a CI that crosses 0 means the data cannot tell the arms apart."""
+    order = list(dict.fromkeys(v["arm"] for v in done))
     out = []
     for p in done:
         if p["criterion"] is None or p["arm"] != "none" or p["model"] not in base:
             continue
-        arms = {v["arm"]: v for v in done if _same_cut(v, p)}
-        if not {"sgr", "original"} <= arms.keys():
-            continue
-        b = base[p["model"]]
+        arms = {v["arm"]: v for v in done if _same_cut(v, p) and v["arm"] != "none"}
+        pairs = [(a, b) for i, b in enumerate(order) for a in order[i + 1:] if {a, b} <= arms.keys()]
+        b0 = base[p["model"]]
         for kind in KINDS:
-            tasks = [t for t, s in scores[b["eval"]].items() if s.kind == kind]
-            if tasks:
-                vals = lambda var: [scores[var["eval"]][t].values for t in tasks]  # noqa: E731
-                gap = recovery_gap(vals(arms["sgr"]), vals(arms["original"]), vals(p), vals(b), n_boot, confidence)
-                out.append({k: p[k] for k in ("model", "criterion", "num_drop", "ratio")} | {"kind": kind,
-                                                                                           "gap": gap.as_dict()})
+            tasks = [t for t, s in scores[b0["eval"]].items() if s.kind == kind]
+            vals = lambda var: [scores[var["eval"]][t].values for t in tasks]  # noqa: E731
+            for a, b in pairs if tasks else []:
+                gap = recovery_gap(vals(arms[a]), vals(arms[b]), vals(p), vals(b0), n_boot, confidence)
+                out.append({k: p[k] for k in ("model", "criterion", "num_drop", "ratio")}
+                           | {"kind": kind, "a": a, "b": b, "gap": gap.as_dict()})
     return out
 
 

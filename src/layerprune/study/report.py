@@ -1,36 +1,48 @@
 """`layerprune report ROOT`: ROOT/report.md, ROOT/report.html (self-contained) and ROOT/figures/*.png.
 
-The report is built as a list of blocks (heading, paragraph, table, figure) rendered twice — Markdown and
-HTML — so both always say the same thing.
+The report leads with the answer and keeps the evidence one click away. First screen (1280×800 of the HTML, top
+of report.md): the study's name and scale in one line, a headline of at most five sentences generated from the
+numbers (narrative.py), the retention-vs-ratio figure, then the safe-depth recommendation. After it, a table of
+contents and collapsible sections (`<details>` in HTML, plain `##` sections in Markdown, same order): retention,
+healing, speed, diagnostics, per-layer scores, per-task scores, provenance. A table cell carries each number;
+sentences are kept for conclusions.
+
+The report is built as a list of blocks rendered twice — Markdown and HTML — so both always say the same thing.
+Blocks: ("h", level, text), ("p", text), ("lead", sentences), ("img", path, alt), ("table", head, rows),
+("toc", [(id, title)]), ("open", id, title) … ("close",).
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
-from typing import Any
 
 from layerprune.provenance import now, versions, write_json, write_text
 from layerprune.study.analysis import analyze, load_study
-from layerprune.study.figures import FIGURES
-from layerprune.study.narrative import findings
+from layerprune.study.figures import DPI, FIGURES
+from layerprune.study.narrative import headline, scale_line
+from layerprune.study.tables import (arm_gap_table, recovery_table, retention_table, safe_depth_table, speed_table,
+                                     task_tables)
 
 Block = tuple
+
+SECTIONS = (("retention", "Retention by criterion and ratio"), ("healing", "Healing: recovery and arm vs. arm"),
+            ("speed", "Speed"), ("diagnostics", "Diagnostics vs. ratio"), ("layer-scores", "Per-layer scores"),
+            ("tasks", "Per-task scores"), ("provenance", "Provenance"))
 
 
 def make_report(root: str | Path, threshold: float | None = None) -> Path:
     root = Path(root)
-    plan, variants, store = load_study(root)
+    load_study(root)  # a UsageError naming the fix when ROOT is not a study root
     cfg = _config(root)
     rep = cfg.get("report", {})
     summary = analyze(root, threshold or rep.get("safe_threshold", 0.9), rep.get("bootstrap", 1000),
                       rep.get("confidence", 0.95))
     summary["provenance"] = {"root": str(root), "created": now(), "versions": versions(), "seed": cfg.get("seed")}
     write_json(root / "summary.json", summary)
-    blocks = _blocks(summary, cfg, root)
-    write_text(root / "report.md", _markdown(blocks, root))
+    blocks = build_blocks(summary, cfg, root)
+    write_text(root / "report.md", _markdown(blocks))
     write_text(root / "report.html", _html(blocks, root, cfg.get("name", "study")))
     return root / "report.md"
 
@@ -42,49 +54,59 @@ def _config(root: Path) -> dict:
     return yaml.safe_load(path.read_text()) if path.exists() else {}
 
 
-def _blocks(s: dict, cfg: dict, root: Path) -> list[Block]:
-    models = sorted({v["model"] for v in s["tasks"]})
-    b: list[Block] = [("h", 1, f"Layer-pruning study: {cfg.get('name', 'study')}"),
-                      ("p", f"{s['evaluated']} of {s['variants']} planned models evaluated. Seed {cfg.get('seed')}; "
-                            f"{int(100 * s['confidence'])}% paired bootstrap intervals over documents "
-                            f"({s['bootstrap']} replicates). Generated {s['provenance']['created']} by layerprune "
-                            f"{s['provenance']['versions']['layerprune']} (transformers "
-                            f"{s['provenance']['versions']['transformers']}).")]
-    b += [("h", 2, "What this study shows")] + [("p", t) for t in findings(s)]
-    b += [("h", 2, "Safe depth"),
+def build_blocks(s: dict, cfg: dict, root: Path) -> list[Block]:
+    name = cfg.get("name", "study")
+    models = list(dict.fromkeys(v["model"] for v in s["tasks"]))
+    b: list[Block] = [("h", 1, f"How far can it be pruned? Layer-pruning study {name}"), ("p", scale_line(s, name)),
+                      ("lead", headline(s))]
+    b += _figures(s, "retention", models, root, "Retention vs. share of layers removed, one panel per healing arm",
+                  "No pruned model has been evaluated yet.")
+    b += [("h", 2, "Safe depth (the recommendation)"),
           ("p", f"Largest share of layers removed whose retention CI lower bound stays ≥ {s['threshold']:.0%} of "
-                "baseline at that ratio and every smaller one tested (0 = no tested ratio is safe)."),
-          ("table", ["model", "criterion", "healing", "task type", "safe ratio", "ratios tested"],
-           [[d["model"], d["criterion"], d["arm"], d["kind"], f"{d['safe_ratio']:.2f}",
-             ", ".join(f"{r:.2f}" for r in d["ratios_tested"])] for d in s["safe_depth"]])]
-    b += [("h", 2, "Retention vs. pruning ratio")] + _figure(s, "retention", models, root)
-    b += [("table", ["model", "criterion", "n", "ratio", "healing", "type", "retention", "CI", "recovery", "CI"],
-           [[r["model"], r["criterion"], r["num_drop"], f"{r['ratio']:.2f}", r["arm"], r["kind"],
-             _pct(r["retention"]["value"]), _ci(r["retention"]),
-             _pct(r["recovery"]["value"]) if "recovery" in r else "", _ci(r["recovery"]) if "recovery" in r else ""]
-            for r in s["retention"]])]
-    b += [("h", 2, "Per-task scores")] + _task_tables(s)
-    b += [("h", 2, "Healing gain by arm")] + _figure(s, "healing_gain", models, root, "No healing arms were run.")
-    b += [("h", 2, "Diagnostics vs. ratio"),
-          ("p", "Means over generative documents: Rep-n (repeated n-grams, %), within-response Self-BLEU-4, share "
-                "of code failures that are bracket errors, share of programs whose brackets balance, share of "
-                "checkable arithmetic steps that are wrong.")]
-    b += _figure(s, "diagnostics", models, root, "No generative task with diagnostics was evaluated.")
-    b += [("h", 2, "Per-layer scores by criterion")] + _figure(s, "layer_scores", models, root,
-                                                               "Only criteria without per-layer scores were run.")
-    b += [("h", 2, "Measured vs. ideal speedup"),
-          ("p", "Ideal: decoder-layer + head parameters before / after removal (per-token matmul work).")]
-    b += _figure(s, "speedup", models, root, "Speed was not measured (speed.enabled: false).")
-    b += [("table", ["model", "criterion", "n", "ratio", "prefill ×", "decode ×", "ideal ×"],
-           [[r["model"], r["criterion"], r["num_drop"], f"{r['ratio']:.2f}", f"{r['prefill_speedup']:.2f}",
-             f"{r['decode_speedup']:.2f}", f"{r['ideal_speedup']:.2f}"] for r in s["speed"]])] if s["speed"] else []
-    b += [("h", 2, "Provenance"), ("p", "Config as run: `config.yaml`; plan: `plan.json`; every number above: "
-                                        "`summary.json`; per-document outputs: `steps/<eval step>/samples_<task>.jsonl`.")]
+                "baseline at that ratio and every smaller one tested; each cell: safe ratio (layers removed) · "
+                "retention there [CI]."),
+          safe_depth_table(s)]
+    b += [("toc", list(SECTIONS))]
+    b += _section("retention", [("p", f"Retention = pruned / baseline, in %, with {s['confidence']:.0%} paired "
+                                      f"bootstrap intervals over documents ({s['bootstrap']} replicates).")]
+                  + retention_table(s))
+    b += _section("healing", _figures(s, "healing_gain", models, root, "Recovery by healing arm per cut")
+                  + [("p", "Recovery = (healed − pruned) / (baseline − pruned), in %: 100 = fully recovered, "
+                           "0 = no gain.")] + recovery_table(s)
+                  + [("p", "Arm vs. arm: paired difference in recovery (percentage points) [CI]; 'cannot tell' "
+                           "where the interval crosses 0.")] + arm_gap_table(s)
+                  if any("recovery" in r for r in s["retention"]) else [("p", "No healing arms were run.")])
+    b += _section("speed", [("p", "Speedup vs. the unpruned model (×). Ideal: decoder-layer + head parameters before "
+                                  "/ after removal (per-token matmul work); per-answer speedup appears when the speed "
+                                  "step measured it.")]
+                  + _figures(s, "speedup", models, root, "Measured vs. ideal speedup")
+                  + (speed_table(s) or [("p", "Speed was not measured (speed.enabled: false).")]))
+    b += _section("diagnostics", [("p", "Means over generative documents: Rep-n (repeated n-grams, %), within-response "
+                                        "Self-BLEU-4, share of code failures that are bracket errors, share of "
+                                        "programs whose brackets balance, share of checkable arithmetic steps that "
+                                        "are wrong. Ratio 0 is the unpruned model.")]
+                  + _figures(s, "diagnostics", models, root, "Generation diagnostics vs. share of layers removed",
+                             "No generative task with diagnostics was evaluated."))
+    b += _section("layer-scores", _figures(s, "layer_scores", models, root, "Per-layer scores by criterion",
+                                           "Only criteria without per-layer scores were run."))
+    b += _section("tasks", task_tables(s))
+    p = s["provenance"]
+    b += _section("provenance", [
+        ("p", f"{s['evaluated']} of {s['variants']} planned models evaluated. Seed {cfg.get('seed')}; "
+              f"{s['confidence']:.0%} paired bootstrap intervals over documents ({s['bootstrap']} replicates). "
+              f"Generated {p['created']} by layerprune {p['versions']['layerprune']} (transformers "
+              f"{p['versions']['transformers']})."),
+        ("p", "Config as run: `config.yaml`; plan: `plan.json`; every number above: `summary.json`; per-document "
+              "outputs: `steps/<eval step>/samples_<task>.jsonl`.")])
     return b
 
 
-def _figure(s: dict, name: str, models: list[str], root: Path, empty: str | None = None) -> list[Block]:
-    out = []
+def _section(sid: str, blocks: list[Block]) -> list[Block]:
+    return [("open", sid, dict(SECTIONS)[sid])] + blocks + [("close",)]
+
+
+def _figures(s: dict, name: str, models: list[str], root: Path, alt: str, empty: str | None = None) -> list[Block]:
+    out: list[Block] = []
     for m in models:
         fig = FIGURES[name](s, m)
         if fig is None:
@@ -92,65 +114,87 @@ def _figure(s: dict, name: str, models: list[str], root: Path, empty: str | None
         path = root / "figures" / f"{name}_{m}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.png")
-        fig.savefig(tmp, dpi=110)
+        fig.savefig(tmp, dpi=DPI)
         tmp.replace(path)
-        out.append(("img", path.relative_to(root).as_posix(), f"{name} — {m}"))
+        out.append(("img", path.relative_to(root).as_posix(), f"{alt} — {m}"))
+        if fig.offscale:
+            out.append(("p", "Off the plotted range, drawn at the edge with ▲/▼: " + "; ".join(fig.offscale) + "."))
     return out or ([("p", empty)] if empty else [])
 
 
-def _task_tables(s: dict) -> list[Block]:
-    out = []
-    for model in sorted({v["model"] for v in s["tasks"]}):
-        rows = [v for v in s["tasks"] if v["model"] == model]
-        tasks = sorted({t for v in rows for t in v["scores"]})
-        head = ["criterion", "n", "healing"] + [f"{t} ({rows[0]['scores'][t]['metric']})" if t in rows[0]["scores"] else t
-                                                for t in tasks]
-        body = [[v["criterion"] or "baseline", v["num_drop"], v["arm"]] +
-                [_pct(v["scores"][t]["value"]) if t in v["scores"] else "" for t in tasks]
-                for v in sorted(rows, key=lambda v: (v["criterion"] is not None, str(v["criterion"]), v["num_drop"], v["arm"]))]
-        out += [("h", 3, model), ("table", head, body)]
-    return out
-
-
-def _pct(x: Any) -> str:
-    return "" if x is None or x != x else f"{100 * x:.1f}"
-
-
-def _ci(e: dict) -> str:
-    return "" if e["lo"] != e["lo"] else f"[{100 * e['lo']:.1f}, {100 * e['hi']:.1f}]"
-
-
-def _markdown(blocks: list[Block], root: Path) -> str:
+def _markdown(blocks: list[Block]) -> str:
     out = []
     for blk in blocks:
-        if blk[0] == "h":
+        kind = blk[0]
+        if kind == "h":
             out.append("#" * blk[1] + " " + blk[2])
-        elif blk[0] == "p":
+        elif kind == "p":
             out.append(blk[1])
-        elif blk[0] == "img":
+        elif kind == "lead":
+            out.append("\n".join(f"- {t}" for t in blk[1]))
+        elif kind == "img":
             out.append(f"![{blk[2]}]({blk[1]})")
-        elif blk[0] == "table" and blk[2]:
+        elif kind == "toc":
+            out.append("Details: " + " · ".join(f"[{t}](#{_md_anchor(t)})" for _, t in blk[1]))
+        elif kind == "open":
+            out.append(f"## {blk[2]}")
+        elif kind == "table" and blk[2]:
             out.append("| " + " | ".join(map(str, blk[1])) + " |\n|" + "---|" * len(blk[1]))
             out[-1] += "".join("\n| " + " | ".join(map(str, r)) + " |" for r in blk[2])
     return "\n\n".join(out) + "\n"
 
 
+def _md_anchor(title: str) -> str:
+    """GitHub's heading anchor: lower case, punctuation dropped, spaces → '-'."""
+    return "".join(c for c in title.lower() if c.isalnum() or c in " -_").replace(" ", "-")
+
+
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:1040px;margin:0.8em auto;padding:0 1em;color:#222;"
+    "line-height:1.35;font-size:15px}"
+    "h1{font-size:21px;margin:0.2em 0}h2{font-size:17px;margin:0.9em 0 0.3em}h3{font-size:15px}"
+    ".scale{color:#555;font-size:13px;margin:0.2em 0 0.5em}"
+    ".lead{margin:0.3em 0;padding-left:1.2em}.lead li{margin:0.15em 0}"
+    "figure{margin:0.4em 0}img{max-width:100%;height:auto}"
+    ".tbl{overflow-x:auto;max-width:100%}table{border-collapse:collapse;font-size:12.5px;margin:0.5em 0}"
+    "td,th{border:1px solid #ccc;padding:2px 6px;white-space:nowrap;text-align:left}th{background:#f3f3f3}"
+    "nav{font-size:13px;margin:1em 0;padding:0.4em 0.6em;background:#f6f6f6;border-radius:4px}"
+    "nav a{margin-right:1em}details{border-top:1px solid #ddd;padding:0.3em 0}"
+    "summary{cursor:pointer;font-weight:600;font-size:16px;padding:0.2em 0}"
+    ".note{color:#b00;font-size:12.5px}"
+)
+# fragment links to a closed section open it
+_SCRIPT = ("function o(){var e=document.getElementById(location.hash.slice(1));if(e&&e.tagName==='DETAILS')"
+           "e.open=true}addEventListener('hashchange',o);o()")
+
+
 def _html(blocks: list[Block], root: Path, title: str) -> str:
     body = []
+    first_p = True
     for blk in blocks:
-        if blk[0] == "h":
+        kind = blk[0]
+        if kind == "h":
             body.append(f"<h{blk[1]}>{html.escape(blk[2])}</h{blk[1]}>")
-        elif blk[0] == "p":
-            body.append(f"<p>{html.escape(blk[1])}</p>")
-        elif blk[0] == "img":
+        elif kind == "p":
+            cls = ' class="scale"' if first_p else (' class="note"' if blk[1].startswith("Off the plotted") else "")
+            body.append(f"<p{cls}>{html.escape(blk[1])}</p>")
+            first_p = False
+        elif kind == "lead":
+            body.append('<ul class="lead">' + "".join(f"<li>{html.escape(t)}</li>" for t in blk[1]) + "</ul>")
+        elif kind == "img":
             data = base64.b64encode((root / blk[1]).read_bytes()).decode()
             body.append(f'<figure><img alt="{html.escape(blk[2])}" src="data:image/png;base64,{data}"></figure>')
-        elif blk[0] == "table" and blk[2]:
+        elif kind == "toc":
+            body.append("<nav>Details: " + "".join(f'<a href="#{i}">{html.escape(t)}</a>' for i, t in blk[1])
+                        + "</nav>")
+        elif kind == "open":
+            body.append(f'<details id="{blk[1]}"><summary>{html.escape(blk[2])}</summary>')
+        elif kind == "close":
+            body.append("</details>")
+        elif kind == "table" and blk[2]:
             head = "".join(f"<th>{html.escape(str(h))}</th>" for h in blk[1])
             rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in blk[2])
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 7px}"
-             "th{background:#f3f3f3}img{max-width:100%}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+            body.append(f'<div class="tbl"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>')
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width,initial-scale=1'><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style></head><body>{''.join(body)}<script>{_SCRIPT}</script></body></html>\n")
