@@ -112,3 +112,5 @@ def test_study_option_records_stability(tmp_path, data_dir):
     st = row["stability"]
     assert st["seeds"] == [0, 1, 2] and row["drop"] == st["per_seed"][0]["drops"]["1"]
     assert sum(st["frequency"]["1"]) == pytest.approx(1.0)
+    report = (tmp_path / "root" / "report.md").read_text()
+    assert "## Selection stability" in report and "bi" in report.split("## Selection stability")[1]

@@ -63,3 +63,6 @@ def test_study_curves_start_at_sampled_accuracy(tmp_path, one_thread):
     assert gap["k"] == 4 and gap["tasks"] == ["testbed_math"] and gap["lo"] <= gap["value"] <= gap["hi"]
     base, cut = rows[None]["tasks"]["testbed_math"]["pass"], rows["reverse"]["tasks"]["testbed_math"]["pass"]
     assert gap["value"] == pytest.approx((base["4"] - base["1"]) - (cut["4"] - cut["1"]))
+    report = (root / "report.md").read_text()
+    assert "## Test-time scaling" in report and (root / "figures" / "scaling_tb.png").is_file()
+    assert "baseline" in report.split("## Test-time scaling")[1]

@@ -89,3 +89,5 @@ def test_iterative_study_runs_resumes_and_reports(tmp_path, data_dir, one_thread
     assert [(r["arm"], r["rival"], r["kind"]) for r in rows] == [("original", "original+budget", "classification")]
     d = rows[0]["iterative_minus_oneshot"]
     assert d["lo"] <= d["value"] <= d["hi"]
+    report = (root / "report.md").read_text()
+    assert "## Iterative vs. one-shot pruning" in report and "2 × 1" in report

@@ -56,6 +56,11 @@ def analyze(root: Path, threshold: float = 0.9, n_boot: int = 1000, confidence: 
                 row["recovery"] = recovery(vals(v), vals(pruned), vals(b), n_boot, confidence).as_dict()
             rows.append(row)
     gaps = _arm_gaps(done, scores, base, n_boot, confidence)
+    answers, speed = answer_costs(done, store, base), _speed(done, store, base)
+    for row in speed:  # the unhealed cut's per-answer speedup beside its per-token ones
+        cut = next((a for a in answers if a["arm"] == "none" and _same_cut(a, row)), None)
+        if cut and cut.get("per_answer_speedup") is not None:
+            row["per_answer_speedup"] = cut["per_answer_speedup"]
     return {
         "threshold": threshold, "confidence": confidence, "bootstrap": n_boot,
         "variants": len(variants), "evaluated": len(done),
@@ -65,11 +70,11 @@ def analyze(root: Path, threshold: float = 0.9, n_boot: int = 1000, confidence: 
         "sgr_vs_original": [{k: g[k] for k in g if k not in ("a", "b")} for g in gaps
                             if (g["a"], g["b"]) == ("sgr", "original")],
         "safe_depth": _safe_depth(rows, threshold),
-        "speed": _speed(done, store, base),
+        "speed": speed,
         "layer_scores": _layer_scores(plan, store),
         "diagnostics": _diagnostics(done, store),
         "scaling": _scaling(plan, store, n_boot, confidence),
-        "answers": answer_costs(done, store, base),
+        "answers": answers,
         "schedules": _schedules(done, scores, base, n_boot, confidence),
     }
 
