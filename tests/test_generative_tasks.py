@@ -182,7 +182,7 @@ def test_evalplus_local_fixture_and_pass_at_k(flavor):
     good = docs[0]["canonical_solution"] if flavor == "humaneval" else docs[0]["code"]
     bad = "    return 0\n" if flavor == "humaneval" else "def list_product(xs):\n    return 0"
     scores = task.score(docs[0], [], gen(bad, good, bad), opts)
-    assert scores == {"pass@1": pytest.approx(1 / 3)}
+    assert scores == {"pass@1": pytest.approx(1 / 3), "pass@2": pytest.approx(2 / 3), "pass@3": 1.0}  # scaling curve
     rec = task.record(docs[0], [], gen(bad, good, bad), opts)
     assert rec["status"] == ["failed", "passed", "failed"] and rec["error_class"][0] == "assertion"
 

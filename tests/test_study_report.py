@@ -94,7 +94,7 @@ def test_html_answer_first_then_collapsible_evidence(tmp_path):
     assert "<table" in head  # the safe-depth table itself
     # every section after the first screen is collapsible, and the contents link to each one
     ids = re.findall(r'<details id="([^"]+)">', page)
-    assert ids == [i for i, _ in report.SECTIONS]
+    assert ids == [i for i, _ in report.SECTIONS if i not in report.OPTIONAL]  # no data: no optional section
     assert re.findall(r'<a href="#([^"]+)">', page) == ids
     assert page.count("<summary>") == len(ids) and page.count("</details>") == len(ids)
     # self-contained: no external resources, every image inline with alt text
@@ -103,6 +103,6 @@ def test_html_answer_first_then_collapsible_evidence(tmp_path):
     assert imgs and all('alt="' in i and 'src="data:image/png;base64,' in i for i in imgs)
     # markdown keeps the same order
     md = report._markdown(blocks)
-    order = ["Safe depth"] + [t for _, t in report.SECTIONS]
+    order = ["Safe depth"] + [t for i, t in report.SECTIONS if i not in report.OPTIONAL]
     assert [md.index(f"## {t}") for t in order] == sorted(md.index(f"## {t}") for t in order)
     assert md.index("retention_m.png") < md.index("## Safe depth")

@@ -5,6 +5,7 @@ import argparse
 
 from layerprune.commands._args import add_load_arguments
 from layerprune.scoring.files import score_model
+from layerprune.scoring.stability import DEFAULT_THRESHOLD
 
 NAME = "score"
 HELP = "score decoder layers with a published criterion and choose which to drop (writes scores.json)"
@@ -62,13 +63,26 @@ def add_arguments(p):
     add_scoring_arguments(p)
     p.add_argument("--out", required=True, help="scores file to write (JSON)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing scores file")
+    p.add_argument("--calibration-seeds", type=_list_of(int), default=None,
+                   help="repeat the criterion over independent calibration draws, e.g. 0,1,2,3,4: writes per-layer "
+                        "score spread, how often each layer is chosen and the Jaccard overlap of chosen sets")
+    p.add_argument("--stability-threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help=f"mean overlap below which a size is flagged unstable (default {DEFAULT_THRESHOLD})")
     add_load_arguments(p)
 
 
 def run(args) -> int:
+    kwargs = scoring_kwargs(args)
+    if args.calibration_seeds is not None:
+        kwargs.update(calibration_seeds=args.calibration_seeds, stability_threshold=args.stability_threshold)
     rec = score_model(args.model, args.out, args.method, overwrite=args.overwrite, dtype=args.dtype,
-                      device=args.device, trust_remote_code=args.trust_remote_code, **scoring_kwargs(args))
+                      device=args.device, trust_remote_code=args.trust_remote_code, **kwargs)
     for n, drop in rec["drops"].items():
         print(f"{args.method}: drop {drop} of {rec['model']['num_layers']} layers")
+    if "stability" in rec:
+        st = rec["stability"]
+        for n, ov in st["overlap"].items():
+            flag = "  UNSTABLE" if n in st["unstable"] else ""
+            print(f"  {n} layers over {len(st['seeds'])} draws: mean overlap {ov['mean']:.2f} (min {ov['min']:.2f}){flag}")
     print(f"wrote {args.out}")
     return 0

@@ -30,7 +30,7 @@ from layerprune import provenance
 from layerprune.errors import UsageError
 from layerprune.evaluation.data import resolve_data_dir
 from layerprune.evaluation.hf_backend import HFBackend
-from layerprune.evaluation.requests import GenerationRequest, LoglikelihoodRequest
+from layerprune.evaluation.requests import GenerationRequest, GenerationResult, LoglikelihoodRequest
 from layerprune.evaluation.tasks import get_task
 from layerprune.evaluation.tasks.base import TaskGroup, TaskOptions
 from layerprune.execution import describe_sandbox
@@ -84,8 +84,17 @@ def run_task(task, backend, opts: TaskOptions) -> tuple[dict[str, Any], list[dic
     for i, (doc, reqs, res) in enumerate(zip(docs, per_doc, answers)):
         scores = task.score(doc, reqs, res, opts)
         metrics.append(scores)
-        rows.append({"doc_id": i, **task.record(doc, reqs, res, opts), **scores, "doc": doc})
+        rows.append({"doc_id": i, **task.record(doc, reqs, res, opts), **scores, **_lengths(res), "doc": doc})
     return aggregate(metrics), rows
+
+
+def _lengths(results: Sequence) -> dict[str, list]:
+    """Tokens generated and why each sample stopped ("stop" | "length"), when the backend reports them."""
+    gens = [r for r in results if isinstance(r, GenerationResult) and getattr(r, "generated_tokens", ())]
+    if not gens:
+        return {}
+    return {"generated_tokens": [n for r in gens for n in r.generated_tokens],
+            "finish_reasons": [f for r in gens for f in getattr(r, "finish_reasons", ())]}
 
 
 def _answer(backend, per_doc: list[list]) -> list[list]:

@@ -14,13 +14,18 @@ from layerprune.errors import UsageError
 from layerprune.families import num_layers
 from layerprune.loading import load_config, load_model, load_tokenizer
 from layerprune.provenance import fingerprint_source, write_json
+from layerprune.scoring.stability import DEFAULT_THRESHOLD, check_seeds, selection_stability
 
 FORMAT = "layerprune.scores/1"
 
 
 def score_model(model: str, out: str | Path, method: str, overwrite: bool = False, dtype: str | None = None,
-                device: str = "cpu", trust_remote_code: bool = False, **kwargs: Any) -> dict[str, Any]:
-    """Load `model`, `score` it (kwargs as for `layerprune.scoring.score`) and write `out` atomically."""
+                device: str = "cpu", trust_remote_code: bool = False, calibration_seeds: list[int] | None = None,
+                stability_threshold: float = DEFAULT_THRESHOLD, **kwargs: Any) -> dict[str, Any]:
+    """Load `model`, `score` it (kwargs as for `layerprune.scoring.score`) and write `out` atomically.
+
+    With `calibration_seeds` the criterion runs once per independent calibration draw; the file holds the
+    first seed's choice plus a `stability` entry (`layerprune.scoring.stability`)."""
     from layerprune.scoring import score
 
     out = Path(out)
@@ -28,9 +33,18 @@ def score_model(model: str, out: str | Path, method: str, overwrite: bool = Fals
         raise UsageError(f"--out {out} is a directory; give a file path such as {out / 'scores.json'}")
     if out.exists() and not overwrite:
         raise UsageError(f"{out} exists; pass --overwrite or choose another --out")
-    kwargs = preflight(model, method, trust_remote_code, **kwargs)
+    if calibration_seeds is None:
+        kwargs = preflight(model, method, trust_remote_code, **kwargs)
+    else:  # one prepared calibration per draw, all checked before any weights are read
+        seeds = check_seeds(calibration_seeds, stability_threshold)
+        draws = {s: preflight(model, method, trust_remote_code, **{**kwargs, "seed": s}) for s in seeds}
     net, tokenizer = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-    record = with_source(score(net, tokenizer, method, **kwargs), model, net)
+    if calibration_seeds is None:
+        record = score(net, tokenizer, method, **kwargs)
+    else:
+        record = selection_stability(net, tokenizer, method, seeds, stability_threshold,
+                                     score_fn=lambda s: score(net, tokenizer, method, **draws[s]))
+    record = with_source(record, model, net)
     write_json(out, record)
     return record
 

@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from layerprune.study.metrics import Estimate, load_scores, recovery, recovery_gap, retention, safe_ratio
+from layerprune.study.answers import answer_costs
+from layerprune.study.metrics import (Estimate, load_scores, recovery, recovery_gap, retention, retention_gap,
+                                      safe_ratio)
 from layerprune.study.store import Store
 
 KINDS = ("classification", "generative")
@@ -54,6 +56,11 @@ def analyze(root: Path, threshold: float = 0.9, n_boot: int = 1000, confidence: 
                 row["recovery"] = recovery(vals(v), vals(pruned), vals(b), n_boot, confidence).as_dict()
             rows.append(row)
     gaps = _arm_gaps(done, scores, base, n_boot, confidence)
+    answers, speed = answer_costs(done, store, base), _speed(done, store, base)
+    for row in speed:  # the unhealed cut's per-answer speedup beside its per-token ones
+        cut = next((a for a in answers if a["arm"] == "none" and _same_cut(a, row)), None)
+        if cut and cut.get("per_answer_speedup") is not None:
+            row["per_answer_speedup"] = cut["per_answer_speedup"]
     return {
         "threshold": threshold, "confidence": confidence, "bootstrap": n_boot,
         "variants": len(variants), "evaluated": len(done),
@@ -63,10 +70,44 @@ def analyze(root: Path, threshold: float = 0.9, n_boot: int = 1000, confidence: 
         "sgr_vs_original": [{k: g[k] for k in g if k not in ("a", "b")} | {"gap": _oriented(g, "sgr", "original")}
                             for g in gaps if {g["a"], g["b"]} == {"sgr", "original"}],
         "safe_depth": _safe_depth(rows, threshold),
-        "speed": _speed(done, store, base),
+        "speed": speed,
         "layer_scores": _layer_scores(plan, store),
         "diagnostics": _diagnostics(done, store),
+        "scaling": _scaling(plan, store, n_boot, confidence),
+        "answers": answers,
+        "schedules": _schedules(done, scores, base, n_boot, confidence),
     }
+
+
+def _schedules(done: list[dict], scores: dict, base: dict, n_boot: int, confidence: float) -> list[dict]:
+    """Iterative prune→heal vs one-shot with the same healing budget: retention difference, paired CI."""
+    out = []
+    for it in (v for v in done if v["arm"].endswith("+iterative") and v["model"] in base):
+        arm = it["arm"].removesuffix("+iterative")
+        rival = next((v for v in done if _same_cut(v, it) and v["arm"] == f"{arm}+budget"), None)
+        if rival is None:  # one round only: the iterative chain *is* the one-shot cut
+            rival = next((v for v in done if _same_cut(v, it) and v["arm"] == arm), None)
+        if rival is None:
+            continue
+        b = base[it["model"]]
+        for kind in KINDS:
+            tasks = [t for t, s in scores[b["eval"]].items() if s.kind == kind]
+            if tasks:
+                vals = lambda var: [scores[var["eval"]][t].values for t in tasks]  # noqa: E731
+                diff = retention_gap(vals(it), vals(rival), vals(b), n_boot, confidence)
+                out.append({k: it[k] for k in ("model", "criterion", "num_drop", "ratio")} | {
+                    "arm": arm, "kind": kind, "rival": rival["arm"], "schedule": it.get("schedule"),
+                    "iterative_minus_oneshot": diff.as_dict()})
+    return out
+
+
+def _scaling(plan: dict, store: Store, n_boot: int, confidence: float) -> list[dict]:
+    """Test-time scaling curves of the sampled evaluations (plan["scaling"]), gaps against the sampled baseline."""
+    from layerprune.study.scaling import scaling_curves
+
+    sampled = [v for v in plan.get("scaling", []) if store.is_done(v["eval"])]
+    sampled_base = {v["model"]: v for v in sampled if v["criterion"] is None}
+    return scaling_curves(sampled, store, sampled_base, n_boot, confidence) if sampled else []
 
 
 def _arm_gaps(done: list[dict], scores: dict, base: dict, n_boot: int, confidence: float) -> list[dict]:
@@ -148,7 +189,8 @@ def _layer_scores(plan: dict, store: Store) -> list[dict]:
             continue
         data = json.loads((store.step_dir(s["id"]) / "scores.json").read_text())
         out.append({"label": s["label"], "method": data.get("method"), "num_drop": data["params"]["num_drop"],
-                    "scores": data.get("scores"), "drop": data.get("drop")})
+                    "scores": data.get("scores"), "drop": data.get("drop"),
+                    **({"stability": data["stability"]} if "stability" in data else {})})
     return out
 
 

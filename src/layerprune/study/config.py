@@ -61,6 +61,13 @@ class PruningConfig(_Strict):
     calibration: CalibrationConfig = CalibrationConfig()
     options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-criterion options, e.g. {task_iterative: {tasks: gsm8k, samples: 50}}")
+    schedule: Literal["oneshot", "iterative"] = Field(
+        "oneshot", description="iterative: also cut `step` layers, re-score, heal, repeat (per healing arm), "
+                               "beside one-shot pruning healed with the same total optimizer steps")
+    step: int | None = Field(None, ge=1, description="iterative: layers removed per prune→heal round")
+    calibration_seeds: list[int] | None = Field(
+        None, min_length=2, description="repeat each criterion over these calibration draws: selection stability "
+                                        "(the first seed's choice is pruned; the report flags unstable choices)")
 
     @field_validator("ratios")
     @classmethod
@@ -82,6 +89,10 @@ class PruningConfig(_Strict):
     def _one_size(self):
         if (self.ratios is None) == (self.num_drop is None):
             raise ValueError("pruning: give exactly one of `ratios` or `num_drop`")
+        if (self.schedule == "iterative") != (self.step is not None):
+            raise ValueError("pruning: `step` (layers per round) goes with `schedule: iterative`, and only with it")
+        if self.schedule == "iterative" and self.protected is not None:
+            raise ValueError("pruning: `protected` indices shift between iterative rounds; drop it or use oneshot")
         return self
 
 
@@ -162,6 +173,19 @@ class HealingConfig(_Strict):
         return base.model_copy(update={"mode": arm.kind}) if arm.kind in ("partial", "lm") else base
 
 
+class ScalingConfig(_Strict):
+    """Test-time scaling curves: a sampled evaluation of the baseline and chosen pruned/healed variants, giving
+    pass@k (and majority vote maj@k on answer tasks) for k = 1, 2, 4, … samples (`layerprune.study.scaling`)."""
+
+    samples: int = Field(8, ge=2, description="samples per document: the curve's largest k")
+    temperature: float = Field(0.8, gt=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    tasks: list[str] | None = Field(None, description="default: the study's generative tasks")
+    limit: int | None = Field(None, ge=1, description="documents per task; default: eval.limit")
+    criteria: list[str] | None = Field(None, description="criteria whose cuts get curves; default: the first")
+    arms: list[str] | None = Field(None, description="healing arm labels that get curves; default: every arm")
+
+
 class EvalConfig(_Strict):
     tasks: list[str] = Field(min_length=1)
     limit: int | None = Field(None, ge=1)
@@ -172,6 +196,7 @@ class EvalConfig(_Strict):
     temperature: float = 0.0
     top_p: float = 1.0
     num_samples: int = 1
+    scaling: ScalingConfig | None = Field(None, description="test-time scaling curves; off by default")
 
 
 class SpeedConfig(_Strict):

@@ -62,7 +62,8 @@ def run_study(cfg: StudyConfig, root: str | Path, base_dir: str | Path = ".", dr
     with store.lock():
         store.clean_partial()
         write_text(store.root / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        write_json(store.root / "plan.json", {"steps": [s.__dict__ for s in plan.steps], "variants": plan.variants})
+        write_json(store.root / "plan.json", {"steps": [s.__dict__ for s in plan.steps], "variants": plan.variants,
+                                                 "scaling": plan.scaling})
         store.register(plan.steps)
         todo = [s for s in plan.steps if not store.is_done(s.id)]
         log(f"{len(plan.steps)} steps, {len(plan.steps) - len(todo)} already done, {len(todo)} to run in {root}")

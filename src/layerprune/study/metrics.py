@@ -101,6 +101,12 @@ def recovery_gap(healed_a: list[np.ndarray], healed_b: list[np.ndarray], pruned:
     return _estimate(gap, [healed_a, healed_b, pruned, baseline], n_boot, confidence, seed)
 
 
+def retention_gap(a: list[np.ndarray], b: list[np.ndarray], baseline: list[np.ndarray], n_boot: int = 1000,
+                  confidence: float = 0.95, seed: int = 0) -> Estimate:
+    """Retention of model a minus retention of model b, paired over documents (a CI excluding 0: a real difference)."""
+    return _estimate(lambda x, y, base: _ratio(x, base) - _ratio(y, base), [a, b, baseline], n_boot, confidence, seed)
+
+
 def _estimate(fn, arrays: list[list[np.ndarray]], n_boot: int, confidence: float, seed: int) -> Estimate:
     rng = np.random.default_rng(seed)
     points, reps = [], []

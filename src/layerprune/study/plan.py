@@ -39,6 +39,7 @@ class Step:
 class Plan:
     steps: tuple[Step, ...]
     variants: tuple[dict[str, Any], ...]  # one per evaluated model: {model, criterion, n, ratio, arm, eval, speed}
+    scaling: tuple[dict[str, Any], ...] = ()  # sampled evaluations for test-time scaling curves, same shape
 
     def by_id(self) -> dict[str, Step]:
         return {s.id: s for s in self.steps}
@@ -60,7 +61,7 @@ class _Builder:
 def make_plan(cfg: StudyConfig) -> Plan:
     b = _Builder()
     variants: list[dict[str, Any]] = []
-    ev = cfg.eval.model_dump()
+    ev = cfg.eval.model_dump(exclude={"scaling"})
     for m in cfg.models:
         src = b.add("model", f"model {m.name}", {"model": m.model_dump(exclude={"name"})})
         L = _num_layers(m)
@@ -82,7 +83,14 @@ def make_plan(cfg: StudyConfig) -> Plan:
             score = b.add("score", f"score {m.name}/{criterion}", {
                 "method": criterion, "num_drop": [n for n, _ in sizes], "protected": cfg.pruning.protected,
                 "calibration": cfg.pruning.calibration.model_dump(), "seed": cfg.seed,
-                "options": cfg.pruning.options.get(criterion, {})}, (src,))
+                "options": cfg.pruning.options.get(criterion, {}),
+                **({"calibration_seeds": cfg.pruning.calibration_seeds} if cfg.pruning.calibration_seeds else {})},
+                (src,))
+            def heal(model_step: str, tag: str, arm, train: dict) -> str:
+                return b.add("heal", f"heal {tag}/{arm.label}", {
+                    "arm": arm.kind, "responses": arm.responses, "train": train, "seed": cfg.seed,
+                    "chat_template": m.chat_template}, (model_step, data[arm.responses]))
+
             for n, ratio in sizes:
                 tag = f"{m.name}/{criterion}/n{n}"
                 pruned = b.add("prune", f"prune {tag}", {"num_drop": n}, (src, score))
@@ -91,13 +99,83 @@ def make_plan(cfg: StudyConfig) -> Plan:
                 for arm in cfg.healing.arms:
                     if arm.kind == "none":
                         continue
-                    healed = b.add("heal", f"heal {tag}/{arm.label}", {
-                        "arm": arm.kind, "responses": arm.responses,
-                        "train": cfg.healing.train_for(arm).model_dump(), "seed": cfg.seed,
-                        "chat_template": m.chat_template}, (pruned, data[arm.responses]))
+                    healed = heal(pruned, tag, arm, cfg.healing.train_for(arm).model_dump())
                     variants.append(_variant(m.name, criterion, n, ratio, arm.label,
                                              evaluate(healed, f"{tag}/{arm.label}"), sp, L))
-    return Plan(tuple(b.steps.values()), tuple(variants))
+            if cfg.pruning.schedule == "iterative":
+                variants += _iterative(b, cfg, m, criterion, src, score, sizes, heal, evaluate, L)
+    scaling = _scaling(b, cfg, variants)
+    return Plan(tuple(b.steps.values()), tuple(variants), tuple(scaling))
+
+
+def _scaling(b: _Builder, cfg: StudyConfig, variants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A sampled eval step per chosen variant (baseline, first criterion's cuts, its healed arms), reading the
+    same model step as that variant's own eval."""
+    sc = cfg.eval.scaling
+    if sc is None:
+        return []
+    from layerprune.study.scaling import generative_tasks
+
+    tasks = sc.tasks or generative_tasks(cfg.eval.tasks)
+    if not tasks:
+        raise UsageError("eval.scaling: the study has no generative task; list some in eval.scaling.tasks")
+    criteria = sc.criteria or cfg.pruning.criteria[:1]
+    ev = {**cfg.eval.model_dump(exclude={"scaling"}), "tasks": tasks, "limit": sc.limit or cfg.eval.limit,
+          "num_samples": sc.samples, "temperature": sc.temperature, "top_p": sc.top_p}
+    out = []
+    for v in variants:
+        if v["criterion"] is not None and (v["criterion"] not in criteria or
+                                           (v["arm"] != "none" and sc.arms is not None and v["arm"] not in sc.arms)):
+            continue
+        step = b.steps[v["eval"]]
+        sampled = b.add("eval", step.label.replace("eval ", "scaling ", 1), {**step.params, "eval": ev}, step.deps)
+        out.append({**v, "eval": sampled, "speed": None})
+    return out
+
+
+def _iterative(b: _Builder, cfg: StudyConfig, m: ModelConfig, criterion: str, src: str, score: str,
+               sizes: list[tuple[int, float]], heal, evaluate, L: int) -> list[dict[str, Any]]:
+    """Cut `step` layers, re-score the healed model, heal, repeat (NVIDIA's "cut, heal, repeat"), per healing arm;
+    and, for comparison, the one-shot cut healed with the same total optimizer steps. A round that cuts a size
+    the one-shot plan also cuts from the source reuses its steps, so step == target equals one-shot exactly."""
+    out, step, one_shot_sizes = [], cfg.pruning.step, {n for n, _ in sizes}
+    for arm in (a for a in cfg.healing.arms if a.kind != "none"):
+        train = cfg.healing.train_for(arm).model_dump()
+        current, removed, rounds = src, 0, 0
+        for n, ratio in sizes:
+            while removed < n:
+                k = min(step, n - removed)
+                tag = f"{m.name}/{criterion}/iter{step}/n{removed + k}"
+                rescored = score if removed == 0 and k in one_shot_sizes else b.add(
+                    "score", f"score {tag}", {**b.steps[score].params, "num_drop": [k]}, (current,))
+                pruned = b.add("prune", f"prune {tag}" if current != src else f"prune {m.name}/{criterion}/n{k}",
+                               {"num_drop": k}, (current, rescored))
+                current = heal(pruned, tag if current != src else f"{m.name}/{criterion}/n{k}", arm, train)
+                removed, rounds = removed + k, rounds + 1
+            schedule = {"kind": "iterative", "step": step, "rounds": rounds, "heal_budget": _budget(train, rounds)}
+            what = f"{m.name}/{criterion}/n{n}/{arm.label}" + ("+iterative" if rounds > 1 else "")  # 1 round: one-shot
+            out.append(_variant(m.name, criterion, n, ratio, f"{arm.label}+iterative", evaluate(current, what), None, L)
+                       | {"schedule": schedule})
+            if rounds > 1:  # one-shot with the iterative chain's total healing budget
+                tag = f"{m.name}/{criterion}/n{n}"
+                pruned = b.add("prune", f"prune {tag}", {"num_drop": n}, (src, score))
+                budget = heal(pruned, f"{tag}/budget{rounds}x", arm, _scaled(train, rounds))
+                out.append(_variant(m.name, criterion, n, ratio, f"{arm.label}+budget",
+                                    evaluate(budget, f"{tag}/{arm.label}+budget"), None, L)
+                           | {"schedule": {"kind": "oneshot", "heal_budget": _budget(train, rounds)}})
+    return out
+
+
+def _scaled(train: dict[str, Any], rounds: int) -> dict[str, Any]:
+    """The same recipe trained `rounds` times as long: max_steps × rounds, or epochs × rounds."""
+    if train["max_steps"] is not None:
+        return {**train, "max_steps": train["max_steps"] * rounds}
+    return {**train, "epochs": train["epochs"] * rounds}
+
+
+def _budget(train: dict[str, Any], rounds: int) -> str:
+    return (f"{train['max_steps'] * rounds} optimizer steps" if train["max_steps"] is not None
+            else f"{train['epochs'] * rounds:g} epochs")
 
 
 def _variant(model, criterion, n, ratio, arm, eval_id, speed_id, L) -> dict[str, Any]:

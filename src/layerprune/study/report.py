@@ -22,14 +22,20 @@ from layerprune.provenance import now, versions, write_json, write_text
 from layerprune.study.analysis import analyze, load_study
 from layerprune.study.figures import DPI, FIGURES
 from layerprune.study.narrative import headline, scale_line
+from layerprune.study.reasoning import FIGURES as REASONING_FIGURES
+from layerprune.study.reasoning import answers_table, scaling_table, schedules_table, stability_table
 from layerprune.study.tables import (arm_gap_table, recovery_table, retention_table, safe_depth_table, speed_table,
                                      task_tables)
 
 Block = tuple
 
 SECTIONS = (("retention", "Retention by criterion and ratio"), ("healing", "Healing: recovery and arm vs. arm"),
-            ("speed", "Speed"), ("diagnostics", "Diagnostics vs. ratio"), ("layer-scores", "Per-layer scores"),
+            ("schedules", "Iterative vs. one-shot pruning"), ("scaling", "Test-time scaling"),
+            ("speed", "Speed"), ("answers", "Length and cost per answer"), ("diagnostics", "Diagnostics vs. ratio"),
+            ("layer-scores", "Per-layer scores"), ("stability", "Selection stability"),
             ("tasks", "Per-task scores"), ("provenance", "Provenance"))
+# sections shown only when the study measured them: summary key that must be non-empty
+OPTIONAL = {"schedules": "schedules", "scaling": "scaling", "answers": "answers", "stability": "stability"}
 
 
 def make_report(root: str | Path, threshold: float | None = None) -> Path:
@@ -66,7 +72,7 @@ def build_blocks(s: dict, cfg: dict, root: Path) -> list[Block]:
                 "baseline at that ratio and every smaller one tested; each cell: safe ratio (layers removed) · "
                 "retention there [CI], or the retention at the smallest ratio tested when none is safe."),
           safe_depth_table(s)]
-    b += [("toc", list(SECTIONS))]
+    b += [("toc", [sec for sec in SECTIONS if sec[0] not in OPTIONAL or _has(s, sec[0])])]
     b += _section("retention", [("p", f"Retention = pruned / baseline, in %, with {s['confidence']:.0%} paired "
                                       f"bootstrap intervals over documents ({s['bootstrap']} replicates).")]
                   + retention_table(s))
@@ -76,11 +82,25 @@ def build_blocks(s: dict, cfg: dict, root: Path) -> list[Block]:
                   + [("p", "Arm vs. arm: paired difference in recovery (percentage points) [CI]; 'cannot tell' "
                            "where the interval crosses 0.")] + arm_gap_table(s)
                   if any("recovery" in r for r in s["retention"]) else [("p", "No healing arms were run.")])
+    if _has(s, "schedules"):
+        b += _section("schedules", [("p", "Cut `step` layers, re-score the healed model, heal, repeat — against the "
+                                          "one-shot cut healed with the same total optimizer steps. Paired difference "
+                                          "in retention, percentage points [CI].")] + schedules_table(s))
+    if _has(s, "scaling"):
+        b += _section("scaling", _figures(s, "scaling", models, root, "pass@k vs number of samples k")
+                      + [("p", "pass@k: unbiased estimator over N samples per document; maj@N: majority vote over the "
+                               "N samples (answer tasks). Scaling gap = baseline's gain from k=1 to N minus the "
+                               "variant's, points [CI]: > 0 means the variant gains less from sampling more.")]
+                      + scaling_table(s))
     b += _section("speed", [("p", "Speedup vs. the unpruned model (×). Ideal: decoder-layer + head parameters before "
                                   "/ after removal (per-token matmul work); per-answer speedup appears when the speed "
                                   "step measured it.")]
                   + _figures(s, "speedup", models, root, "Measured vs. ideal speedup")
                   + (speed_table(s) or [("p", "Speed was not measured (speed.enabled: false).")]))
+    if _has(s, "answers"):
+        b += _section("answers", [("p", "Generated tokens per answer and the share of answers that hit the token "
+                                        "limit; per-answer speedup = per-token decode speedup × baseline tokens per "
+                                        "answer / variant tokens per answer.")] + answers_table(s))
     b += _section("diagnostics", [("p", "Means over generative documents: Rep-n (repeated n-grams, %), within-response "
                                         "Self-BLEU-4, share of code failures that are bracket errors, share of "
                                         "programs whose brackets balance, share of checkable arithmetic steps that "
@@ -89,6 +109,10 @@ def build_blocks(s: dict, cfg: dict, root: Path) -> list[Block]:
                              "No generative task with diagnostics was evaluated."))
     b += _section("layer-scores", _figures(s, "layer_scores", models, root, "Per-layer scores by criterion",
                                            "Only criteria without per-layer scores were run."))
+    if _has(s, "stability"):
+        b += _section("stability", [("p", "Each criterion repeated over independent calibration draws: Jaccard "
+                                          "overlap of the chosen layer sets, and how often each layer is chosen.")]
+                      + stability_table(s) + _figures(s, "stability", models, root, "Layer choice frequency"))
     b += _section("tasks", task_tables(s))
     p = s["provenance"]
     b += _section("provenance", [
@@ -101,6 +125,12 @@ def build_blocks(s: dict, cfg: dict, root: Path) -> list[Block]:
     return b
 
 
+def _has(s: dict, sid: str) -> bool:
+    if sid == "stability":
+        return any(r.get("stability") for r in s.get("layer_scores", []))
+    return bool(s.get(OPTIONAL[sid]))
+
+
 def _section(sid: str, blocks: list[Block]) -> list[Block]:
     return [("open", sid, dict(SECTIONS)[sid])] + blocks + [("close",)]
 
@@ -108,7 +138,7 @@ def _section(sid: str, blocks: list[Block]) -> list[Block]:
 def _figures(s: dict, name: str, models: list[str], root: Path, alt: str, empty: str | None = None) -> list[Block]:
     out: list[Block] = []
     for m in models:
-        fig = FIGURES[name](s, m)
+        fig = {**FIGURES, **REASONING_FIGURES}[name](s, m)
         if fig is None:
             continue
         path = root / "figures" / f"{name}_{m}.png"

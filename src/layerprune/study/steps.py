@@ -51,10 +51,19 @@ def run_score(ctx, out: Path) -> None:
 
     p, cal = ctx.step.params, ctx.step.params["calibration"]
     model, tokenizer = load_model(model_path(ctx.input(0)), dtype=model_dtype(ctx.input(0)), device=ctx.cfg.device)
-    record = score(model, tokenizer, p["method"], num_drop=p["num_drop"], protected=p["protected"], seed=p["seed"],
-                   calibration=_resolve(cal["source"], ctx.base_dir) if cal["source"] else None,
-                   seq_len=cal["seq_len"], num_samples=cal["num_samples"], text_field=cal["text_field"],
-                   options=_score_options(ctx))
+
+    def run(seed: int) -> dict:
+        return score(model, tokenizer, p["method"], num_drop=p["num_drop"], protected=p["protected"], seed=seed,
+                     calibration=_resolve(cal["source"], ctx.base_dir) if cal["source"] else None,
+                     seq_len=cal["seq_len"], num_samples=cal["num_samples"], text_field=cal["text_field"],
+                     options=_score_options(ctx))
+
+    if p.get("calibration_seeds"):  # selection stability: one run per calibration draw
+        from layerprune.scoring.stability import selection_stability
+
+        record = selection_stability(model, tokenizer, p["method"], p["calibration_seeds"], score_fn=run)
+    else:
+        record = run(p["seed"])
     write_json(out / "scores.json", record)
 
 

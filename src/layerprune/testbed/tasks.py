@@ -20,6 +20,7 @@ import re
 from typing import Any, Callable, Sequence
 
 from layerprune.evaluation.requests import GenerationRequest, LoglikelihoodRequest
+from layerprune.evaluation.scaling import scaling_metrics
 from layerprune.evaluation.tasks.base import TaskOptions
 from layerprune.evaluation.tasks.generative import diagnostics_of
 
@@ -201,7 +202,9 @@ class GenerativeItems:
 
     def requests(self, doc_id: int, doc: Item, opts: TaskOptions) -> list[GenerationRequest]:
         limit = MAX_NEW if opts.max_new_tokens is None else min(MAX_NEW, opts.max_new_tokens)  # None: task default
-        return [GenerationRequest(doc["prompt"], until=UNTIL, max_new_tokens=limit, seed=opts.seed + doc_id)]
+        return [GenerationRequest(doc["prompt"], until=UNTIL, max_new_tokens=limit, seed=opts.seed + doc_id,
+                                  temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k,
+                                  num_samples=opts.num_samples)]
 
     def record(self, doc: Item, requests: Sequence, results: Sequence, opts: TaskOptions) -> dict[str, Any]:
         texts = list(results[0].texts)
@@ -214,10 +217,17 @@ class MathItems(GenerativeItems):
     primary_metric = "exact_match"
 
     def score(self, doc: Item, requests: Sequence, results: Sequence, opts: TaskOptions) -> dict[str, float]:
-        text = results[0].texts[0].strip()
-        found = re.findall(r"Answer: (-?\d+)", text)
-        return {"exact_match": float(bool(found) and found[-1] == doc["target"]),
-                "steps_match": float(text == doc["answer"].strip())}
+        answers = [self.answer(t) for t in results[0].texts]
+        metrics = {"exact_match": float(answers[0] == doc["target"]),
+                   "steps_match": float(results[0].texts[0].strip() == doc["answer"].strip())}
+        if len(answers) > 1:  # test-time scaling: pass@k and majority vote over the samples
+            metrics.update(scaling_metrics([(a, a == doc["target"]) for a in answers]))
+        return metrics
+
+    @staticmethod
+    def answer(text: str) -> str | None:
+        found = re.findall(r"Answer: (-?\d+)", text.strip())
+        return found[-1] if found else None
 
 
 class CodeItems(GenerativeItems):
@@ -227,8 +237,12 @@ class CodeItems(GenerativeItems):
     def score(self, doc: Item, requests: Sequence, results: Sequence, opts: TaskOptions) -> dict[str, float]:
         from layerprune.execution import run_programs
 
-        program = results[0].texts[0].strip() + "\n" + doc["tests"] + "\n"
-        return {"pass_at_1": float(run_programs([program], timeout=5.0, workers=1)[0].status == "passed")}
+        programs = [text.strip() + "\n" + doc["tests"] + "\n" for text in results[0].texts]
+        passed = [r.status == "passed" for r in run_programs(programs, timeout=5.0, workers=1)]
+        metrics = {"pass_at_1": float(passed[0])}
+        if len(passed) > 1:  # test-time scaling: unbiased pass@k over the samples (code has no vote)
+            metrics.update(scaling_metrics([(None, ok) for ok in passed], vote=False))
+        return metrics
 
 
 TASKS: dict[str, Callable[[], Any]] = {

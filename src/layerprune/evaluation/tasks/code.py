@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from layerprune.errors import UsageError
-from layerprune.evaluation.metrics import pass_at_k
 from layerprune.evaluation.data import resolve_data_dir
+from layerprune.evaluation.metrics import pass_at_k
+from layerprune.evaluation.scaling import scaling_ks
 from layerprune.evaluation.requests import GenerationRequest, GenerationResult
 from layerprune.evaluation.tasks.base import TaskOptions
 from layerprune.evaluation.tasks.exemplars import MBPP as MBPP_SHOTS
@@ -125,7 +126,7 @@ class CodeTask:
     def score(self, doc, requests: Sequence, results: Sequence[GenerationResult], opts) -> dict[str, float]:
         outcomes = self.executed(doc, results[0].texts)
         n, c = len(outcomes), sum(o.status == "passed" for o in outcomes)
-        return {f"pass@{k}": pass_at_k(n, c, k) for k in PASS_KS if k <= n}
+        return {f"pass@{k}": pass_at_k(n, c, k) for k in sorted({*scaling_ks(n), *PASS_KS}) if k <= n}
 
     def record(self, doc, requests: Sequence, results: Sequence[GenerationResult], opts) -> dict[str, Any]:
         texts = results[0].texts

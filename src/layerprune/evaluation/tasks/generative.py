@@ -10,7 +10,8 @@
 * math: lm-eval's minerva_math prompt (4 fixed exemplars, `"Problem:\\n{p}\\n\\nSolution:"`, stop at
   "Problem:") over the local MATH test file; `math_verify` = `verify(parse(solution), parse(generation))`.
 
-Scores use the first sample (lm-eval's take_first); with `num_samples > 1` the mean over samples is added.
+Scores use the first sample (lm-eval's take_first); with `num_samples > 1` the mean over samples is added, and
+the test-time scaling curve: pass@k and majority vote maj@k for k = 1, 2, 4, … n (`evaluation.scaling`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from layerprune.errors import UsageError
 from layerprune.evaluation import diagnostics
 from layerprune.evaluation.data import resolve_data_dir
 from layerprune.evaluation.requests import GenerationRequest, GenerationResult
+from layerprune.evaluation.scaling import scaling_metrics
 from layerprune.evaluation.tasks.base import TaskOptions
 from layerprune.evaluation.tasks.choice import render_messages  # the shared plain/chat renderer of few-shot turns
 from layerprune.evaluation.tasks.exemplars import GSM8K_COT, MINERVA_MATH
@@ -192,6 +194,8 @@ class GSM8K:
         if len(texts) > 1:
             for f in per_sample[0]:
                 metrics[f"exact_match_mean,{f}"] = sum(s[f] for s in per_sample) / len(texts)
+                answers = [_vote_key(self.extracted(t)[f]) for t in texts]
+                metrics.update(scaling_metrics(list(zip(answers, (s[f] for s in per_sample))), suffix="," + f))
         return metrics
 
     def record(self, doc, requests: Sequence, results: Sequence[GenerationResult], opts) -> dict[str, Any]:
@@ -240,12 +244,31 @@ class MathTask:
         metrics = {"math_verify": scores[0]}
         if len(scores) > 1:
             metrics["math_verify_mean"] = sum(scores) / len(scores)
+            answers = [_math_answer(t) for t in results[0].texts]
+            metrics.update(scaling_metrics(list(zip(answers, (s > 0 for s in scores)))))
         return metrics
 
     def record(self, doc, requests: Sequence, results: Sequence[GenerationResult], opts) -> dict[str, Any]:
         texts = results[0].texts
         return {"target": doc.get("answer", ""), "category": doc["category"], "resps": list(texts),
                 "diagnostics": diagnostics_of(texts, "math")}
+
+
+def _vote_key(extracted: str) -> str | None:
+    """An extracted GSM8K answer as exact_match compares it (ignored regexes, case); None if nothing was found."""
+    if extracted == INVALID:
+        return None
+    for pattern in IGNORE:
+        extracted = re.sub(pattern, "", extracted)
+    return extracted.lower()
+
+
+def _math_answer(generation: str) -> str | None:
+    """The answer math_verify reads from a generation, as a string to vote on (None when it finds none)."""
+    from math_verify import parse
+
+    parsed = parse(generation)
+    return str(parsed[-1]) if parsed else None
 
 
 TASKS = {"gsm8k": lambda: GSM8K(cot=False), "gsm8k_cot": lambda: GSM8K(cot=True), "math": MathTask}

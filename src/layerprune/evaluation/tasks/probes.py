@@ -20,6 +20,7 @@ import random
 from typing import Any, Sequence
 
 from layerprune.evaluation.requests import GenerationRequest, LoglikelihoodRequest
+from layerprune.evaluation.scaling import scaling_metrics
 from layerprune.evaluation.tasks.base import TaskOptions
 from layerprune.evaluation.tasks.generative import diagnostics_of, render_qa
 
@@ -78,7 +79,9 @@ class Probe:
         return render_qa(self.shots(doc_id, opts), self.template.format(doc["question"]), self.template, opts)
 
     def generation(self, doc_id: int, context: str, opts: TaskOptions) -> GenerationRequest:
-        return GenerationRequest(context, until=PROBE_UNTIL, max_new_tokens=PROBE_MAX_NEW, seed=opts.seed + doc_id)
+        return GenerationRequest(context, until=PROBE_UNTIL, max_new_tokens=PROBE_MAX_NEW, seed=opts.seed + doc_id,
+                                 temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k,
+                                 num_samples=opts.num_samples)
 
     def requests(self, doc_id: int, doc: dict[str, Any], opts: TaskOptions) -> list:
         return [self.generation(doc_id, self.context(doc_id, doc, opts), opts)]
@@ -87,7 +90,11 @@ class Probe:
         return results[-1].texts[0].strip()
 
     def score(self, doc, requests: Sequence, results: Sequence, opts) -> dict[str, float]:
-        return {"exact_match": float(self.answer_of(results) == doc["answer"])}
+        metrics = {"exact_match": float(self.answer_of(results) == doc["answer"])}
+        texts = results[-1].texts
+        if len(texts) > 1:  # test-time scaling over the samples (answers vote as their stripped text)
+            metrics.update(scaling_metrics([(t.strip() or None, t.strip() == doc["answer"]) for t in texts]))
+        return metrics
 
     def record(self, doc, requests: Sequence, results: Sequence, opts) -> dict[str, Any]:
         text = results[-1].texts[0]
