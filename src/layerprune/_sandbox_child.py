@@ -13,7 +13,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -27,9 +26,11 @@ def _child_main(input_path: str, memory_mb: int, cpu_seconds: int, report_fd: in
     os.unlink(input_path)  # the sentinel must not stay readable
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)  # input() sees EOF
-    _set_limits(memory_mb, cpu_seconds)
-    _install_seccomp()
-    _install_guard(os.getcwd())
+    missing = _apply_layers(os.getcwd(), memory_mb, cpu_seconds)[1]
+    required = [name for name in missing if name in payload["require"]]
+    if required:  # the parent checked this machine, so this is rare: refuse rather than run weaker
+        os.write(report_fd, f"{payload['sentinel']} {json.dumps({'ok': False, 'unavailable': required})}\n".encode())
+        real_exit(71)
     report = _run_guarded(payload["program"])
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -41,6 +42,23 @@ def _child_main(input_path: str, memory_mb: int, cpu_seconds: int, report_fd: in
     except OSError:
         real_exit(70)
     real_exit(0 if report["ok"] else 1)  # skip atexit hooks and non-daemon threads of the program
+
+
+def _apply_layers(workdir: str, memory_mb: int, cpu_seconds: int) -> tuple[dict, list[str]]:
+    """Confine this process: rlimits, Landlock, seccomp, guard (in that order: the seccomp filter must not
+    see the Landlock syscalls refused, and both must be in place before the guard and the program).
+    Returns (what is active, as `describe_sandbox` reports it; the names of the layers that failed)."""
+    try:
+        import pyseccomp  # noqa: F401  imported before Landlock: it runs ldconfig and loads libseccomp
+    except Exception:  # not Linux, or no libseccomp (pyseccomp raises RuntimeError)
+        pass
+    _set_limits(memory_mb, cpu_seconds)
+    landlock = _install_landlock(workdir)
+    seccomp = _install_seccomp()
+    _install_guard(workdir)
+    active = {"seccomp": seccomp, "landlock_abi": landlock, "rlimits": list(LIMITS), "guard": True}
+    missing = [name for name, on in (("landlock", landlock), ("seccomp", seccomp)) if not on]
+    return active, missing
 
 
 def _run_guarded(program: str) -> dict:
@@ -59,6 +77,9 @@ def _run_guarded(program: str) -> dict:
     return {"ok": True}
 
 
+LIMITS = ("AS", "CPU", "FSIZE", "NPROC", "CORE", "NOFILE")
+
+
 def _set_limits(memory_mb: int, cpu_seconds: int) -> None:
     memory = memory_mb * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
@@ -67,6 +88,107 @@ def _set_limits(memory_mb: int, cpu_seconds: int) -> None:
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # no fork, no threads (ignored for root)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+
+# Landlock (Linux >= 5.13), called through its three syscalls. x86_64 and aarch64 share the numbers.
+_LANDLOCK_SYSCALLS = {"x86_64": (444, 445, 446), "aarch64": (444, 445, 446)}  # create_ruleset, add_rule, restrict_self
+_PR_SET_NO_NEW_PRIVS = 38
+# File-system rights (linux/landlock.h), each with the ABI that introduced it.
+_FS_RIGHTS = {"execute": (1 << 0, 1), "write_file": (1 << 1, 1), "read_file": (1 << 2, 1), "read_dir": (1 << 3, 1),
+              "remove_dir": (1 << 4, 1), "remove_file": (1 << 5, 1), "make_char": (1 << 6, 1),
+              "make_dir": (1 << 7, 1), "make_reg": (1 << 8, 1), "make_sock": (1 << 9, 1), "make_fifo": (1 << 10, 1),
+              "make_block": (1 << 11, 1), "make_sym": (1 << 12, 1), "refer": (1 << 13, 2), "truncate": (1 << 14, 3),
+              "ioctl_dev": (1 << 15, 5)}
+_NET_TCP = 0b11  # bind_tcp | connect_tcp (ABI 4): handled and never granted, so no TCP at all
+_SCOPES = 0b11  # abstract unix sockets | signals (ABI 6): nothing outside this process's domain
+_FILE_ONLY = ("execute", "write_file", "read_file", "truncate", "ioctl_dev")  # the rights a rule on a file may hold
+
+
+def _rights(abi: int, *names: str) -> int:
+    return sum(bit for name, (bit, since) in _FS_RIGHTS.items() if since <= abi and name in names)
+
+
+def _read_roots() -> tuple[set[str], set[str]]:
+    """(directories, files) the interpreter and honest programs read, resolved now: the Python installation
+    and its site-packages, the shared libraries' directories, the loader cache, time zones, random devices."""
+    import pwd
+    import site
+
+    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *site.getsitepackages()}
+    dirs |= {"/usr/share/zoneinfo", "/usr/lib/locale"}
+    files = {sys.executable, "/etc/ld.so.cache", "/etc/localtime", "/dev/urandom", "/dev/random", "/dev/zero"}
+    with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:  # libpython, libc, lib-dynload, ...
+        for line in maps:
+            fields = line.split(maxsplit=5)  # address perms offset dev inode [path]
+            path = fields[5].strip() if len(fields) == 6 else ""
+            if path.startswith("/") and not path.endswith("(deleted)"):
+                dirs.add(os.path.dirname(path))
+    home = os.path.realpath(pwd.getpwuid(os.getuid()).pw_dir)
+
+    def allowed(path: str) -> bool:  # never "/", the home directory or one of its ancestors
+        return os.path.exists(path) and path != "/" and not (home + os.sep).startswith(path.rstrip(os.sep) + os.sep)
+
+    dirs = {d for d in map(os.path.realpath, dirs) if allowed(d) and os.path.isdir(d)}
+    dirs = {d for d in dirs if not any(d.startswith(other + os.sep) for other in dirs)}  # a rule covers its subtree
+    files = {f for f in map(os.path.realpath, files) if allowed(f) and (os.path.isfile(f) or f.startswith("/dev/"))}
+    return dirs, files
+
+
+def _install_landlock(workdir: str) -> int:
+    """Allow writes only under `workdir` and reads only of `_read_roots()`, for this process and all it
+    starts; the rest of the file system is refused by the kernel (EACCES). Returns the ABI, 0 if unavailable."""
+    import ctypes
+
+    numbers = _LANDLOCK_SYSCALLS.get(os.uname().machine)
+    if numbers is None:
+        return 0
+    create, add_rule, restrict = numbers
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    abi = libc.syscall(create, None, ctypes.c_size_t(0), ctypes.c_uint32(1))  # LANDLOCK_CREATE_RULESET_VERSION
+    if abi < 1:
+        return 0
+    handled = sum(bit for bit, since in _FS_RIGHTS.values() if since <= abi)
+    # struct landlock_ruleset_attr {u64 handled_access_fs, handled_access_net, scoped}: pass the fields this ABI knows
+    fields = [handled] + ([_NET_TCP] if abi >= 4 else []) + ([_SCOPES] if abi >= 6 else [])
+    attr = (ctypes.c_uint64 * len(fields))(*fields)
+    ruleset = libc.syscall(create, ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)), ctypes.c_uint32(0))
+    if ruleset < 0:
+        return 0
+    read_dir = _rights(abi, "execute", "read_file", "read_dir")
+    everything = handled & ~_rights(abi, "make_char", "make_block", "ioctl_dev")  # no device nodes, even as root
+    dirs, files = _read_roots()
+    rules = [(d, read_dir) for d in dirs] + [(f, _rights(abi, "execute", "read_file")) for f in files]
+    rules += [(os.devnull, _rights(abi, "read_file", "write_file", "truncate")), (workdir, everything)]
+    try:
+        for path, access in rules:
+            if not _add_path_rule(libc, add_rule, ruleset, path, access):
+                return 0
+        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 or libc.syscall(restrict, ruleset, 0) != 0:
+            return 0
+    finally:
+        os.close(ruleset)
+    return abi
+
+
+def _add_path_rule(libc, add_rule: int, ruleset: int, path: str, access: int) -> bool:
+    import ctypes
+
+    class PathBeneath(ctypes.Structure):  # struct landlock_path_beneath_attr, packed: u64 + s32
+        _pack_ = 1
+        _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:  # vanished since it was resolved: nothing to allow
+        return True
+    try:
+        if not os.path.isdir(path):
+            access &= sum(_FS_RIGHTS[name][0] for name in _FILE_ONLY)
+        attr = PathBeneath(access, fd)
+        return libc.syscall(add_rule, ruleset, 1, ctypes.byref(attr), 0) == 0  # LANDLOCK_RULE_PATH_BENEATH
+    finally:
+        os.close(fd)
 
 
 # Refused by the seccomp filter (EPERM) whatever the arguments; see _install_seccomp for the conditional ones.
@@ -95,7 +217,12 @@ def _install_seccomp() -> bool:
     for name in ("kill", "tgkill"):
         rules.add_rule(deny, name, sc.Arg(0, sc.NE, me))  # signals to itself (raise, abort) stay possible
     rules.add_rule(deny, "prlimit64", sc.Arg(2, sc.NE, 0))  # setting a limit; reading one stays possible
-    rules.add_rule(deny, "socket", sc.Arg(0, sc.NE, socket.AF_UNIX))
+    # No sockets at all (a unix socket path, e.g. a container runtime's, is a route out that Landlock ABI <= 7
+    # does not guard); socketpair stays. Sending to an address from a socketpair end is refused too.
+    rules.add_rule(deny, "socket")
+    rules.add_rule(deny, "sendto", sc.Arg(4, sc.NE, 0))
+    for name in ("sendmsg", "sendmmsg"):
+        rules.add_rule(deny, name)
     rules.load()
     return True
 
@@ -109,7 +236,7 @@ def _install_guard(workdir: str) -> None:
         if isinstance(path, int):  # an already-open file descriptor
             return True
         real = os.path.realpath(os.fsdecode(os.fspath(path)))
-        return real == workdir or real.startswith(workdir + os.sep)
+        return real in (workdir, os.devnull) or real.startswith(workdir + os.sep)
 
     def denied(name):
         def blocked(*args, **kwargs):
@@ -161,5 +288,13 @@ def _install_guard(workdir: str) -> None:
     resource.setrlimit, resource.prlimit = denied("resource.setrlimit"), denied("resource.prlimit")
 
 
-if __name__ == "__main__":
+def _probe() -> None:
+    """``python -I _sandbox_child.py --probe`` in a scratch working directory: print what `_apply_layers` manages."""
+    active, _ = _apply_layers(os.getcwd(), 256, 5)
+    sys.stdout.write(json.dumps(active))
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--probe"]:
+    _probe()
+elif __name__ == "__main__":
     _child_main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))

@@ -40,6 +40,7 @@ says which layers are active; results.json records it.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -105,42 +106,77 @@ def classify_error(message: str) -> str:
     return "runtime_error"
 
 
+@functools.cache
 def describe_sandbox() -> dict:
-    """Which containment layers a run gets on this machine (for results.json)."""
+    """Which containment layers a run gets on this machine (recorded in results.json as `code_sandbox`).
+
+    Measured, not guessed: a child applies every layer in a scratch directory and says which took hold."""
+    root = tempfile.mkdtemp(prefix="layerprune-probe-")
     try:
-        import pyseccomp  # noqa: F401  (the child imports it the same way)
+        env = {"PATH": os.defpath, "HOME": root, "TMPDIR": root, "LC_ALL": "C.UTF-8"}
+        done = subprocess.run([sys.executable, "-I", _CHILD, "--probe"], cwd=root, env=env, capture_output=True,
+                              stdin=subprocess.DEVNULL, timeout=60, start_new_session=True)
+        active = json.loads(done.stdout) if done.returncode == 0 else {}
+    except (OSError, subprocess.SubprocessError, ValueError):
+        active = {}
+    finally:
+        _remove_tree(root)
+    return {"process": "own session, killed as a group", "rlimits": active.get("rlimits", []),
+            "guard": active.get("guard", False), "seccomp": active.get("seccomp", False),
+            "landlock_abi": active.get("landlock_abi", 0), "root": os.geteuid() == 0}
 
-        seccomp = True
-    except Exception:  # ImportError, or RuntimeError when libseccomp is missing
-        seccomp = False
-    return {"process": "own session, killed as a group", "rlimits": ["AS", "CPU", "FSIZE", "NPROC", "CORE", "NOFILE"],
-            "python_guard": True, "seccomp": seccomp, "root": os.geteuid() == 0}
+
+_LAYER_NEEDS = {
+    "landlock": "Landlock (Linux >= 5.13 with landlock among the LSMs, syscalls not blocked by a container)",
+    "seccomp": "seccomp (libseccomp and the pyseccomp package: pip install 'layerprune[eval]')",
+}
 
 
-def run_program(program: str, timeout: float = 10.0, memory_mb: int = 1024) -> ExecutionResult:
+def missing_layers() -> list[str]:
+    """The kernel layers (`landlock`, `seccomp`) this machine cannot apply; [] when the sandbox is complete."""
+    active = describe_sandbox()
+    return [name for name, on in (("landlock", active["landlock_abi"]), ("seccomp", active["seccomp"])) if not on]
+
+
+def check_sandbox(allow_weaker: bool = False, missing: list[str] | None = None) -> None:
+    """Refuse (UsageError) to run generated code without every kernel layer, unless `allow_weaker`."""
+    missing = missing_layers() if missing is None else missing
+    if missing and not allow_weaker:
+        raise UsageError(f"code sandbox incomplete: no {' and no '.join(_LAYER_NEEDS[m] for m in missing)}; "
+                         "fix that, or pass --allow-weaker-sandbox to run generated code without it")
+
+
+def run_program(program: str, timeout: float = 10.0, memory_mb: int = 1024,
+                allow_weaker_sandbox: bool = False) -> ExecutionResult:
     """Run `program` in a fresh sandboxed interpreter; see the module docstring for the model.
+
+    Raises UsageError when a kernel layer is missing (`check_sandbox`) unless `allow_weaker_sandbox`.
 
     >>> run_program("assert 1 + 1 == 2").status
     'passed'
     """
     _check_limits(timeout, memory_mb)
+    check_sandbox(allow_weaker_sandbox)
+    required = [] if allow_weaker_sandbox else list(_LAYER_NEEDS)
     root = tempfile.mkdtemp(prefix="layerprune-exec-")
     try:
-        return _run_in(root, program, timeout, memory_mb)
+        return _run_in(root, program, timeout, memory_mb, required)
     finally:
         _remove_tree(root)
 
 
 def run_programs(
-    programs: Iterable[str], timeout: float = 10.0, workers: int = 2, memory_mb: int = 1024
+    programs: Iterable[str], timeout: float = 10.0, workers: int = 2, memory_mb: int = 1024,
+    allow_weaker_sandbox: bool = False,
 ) -> list[ExecutionResult]:
     """Run several programs, `workers` subprocesses at a time; results keep the input order."""
     programs = list(programs)
     _check_limits(timeout, memory_mb)
+    check_sandbox(allow_weaker_sandbox)
     if workers < 1:
         raise UsageError(f"workers must be >= 1, got {workers}; pass a positive worker count")
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda p: run_program(p, timeout, memory_mb), programs))
+        return list(pool.map(lambda p: run_program(p, timeout, memory_mb, allow_weaker_sandbox), programs))
 
 
 def _check_limits(timeout: float, memory_mb: int) -> None:
@@ -150,13 +186,13 @@ def _check_limits(timeout: float, memory_mb: int) -> None:
         raise UsageError(f"memory_mb must be >= 64, got {memory_mb}; pass e.g. memory_mb=1024")
 
 
-def _run_in(root: str, program: str, timeout: float, memory_mb: int) -> ExecutionResult:
+def _run_in(root: str, program: str, timeout: float, memory_mb: int, required: list[str]) -> ExecutionResult:
     work = os.path.join(root, "work")
     os.mkdir(work, 0o700)
     sentinel = secrets.token_hex(16)
     input_path = os.path.join(root, "input.json")
     with open(input_path, "w", encoding="utf-8") as f:
-        json.dump({"sentinel": sentinel, "program": program}, f)
+        json.dump({"sentinel": sentinel, "program": program, "require": required}, f)
     cpu_seconds = math.ceil(timeout) + 1
     env = {
         "PATH": os.defpath, "HOME": work, "TMPDIR": work, "LC_ALL": "C.UTF-8",
@@ -183,6 +219,8 @@ def _run_in(root: str, program: str, timeout: float, memory_mb: int) -> Executio
             returncode = proc.wait()
         outcome = _read_report(report, sentinel)
         tail = _read_tail(output)
+    if outcome is not None and outcome.get("unavailable"):  # a layer failed in this child after the probe passed
+        check_sandbox(False, outcome["unavailable"])
     return _result(finished, returncode, outcome, tail, timeout, duration)
 
 
