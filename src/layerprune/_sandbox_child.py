@@ -198,7 +198,14 @@ _DENIED_SYSCALLS = (
     "setreuid", "setregid", "setresuid", "setresgid", "setgroups", "chown", "fchown", "lchown", "fchownat",
     "symlink", "symlinkat", "link", "linkat", "bpf", "perf_event_open", "keyctl", "add_key", "request_key",
     "init_module", "finit_module", "delete_module", "kexec_load", "reboot",
+    # Landlock has no right for metadata: refuse it everywhere (root could chmod 000 a readable file by fd)
+    "chmod", "fchmod", "fchmodat", "utime", "utimes", "futimesat", "utimensat", "setxattr", "lsetxattr",
+    "fsetxattr", "removexattr", "lremovexattr", "fremovexattr",
+    # ways around path checks or the filter itself: file handles, io_uring, reading other processes
+    "open_by_handle_at", "name_to_handle_at", "io_uring_setup", "io_uring_enter", "io_uring_register",
+    "process_vm_readv", "mknod", "mknodat",
 )
+_NEWER_DENIED = ("fchmodat2", "setxattrat", "removexattrat")  # unknown to older libseccomp: skipped there
 _CLONE_THREAD = 0x00010000
 
 
@@ -212,6 +219,11 @@ def _install_seccomp() -> bool:
     rules = sc.SyscallFilter(defaction=sc.ALLOW)
     for name in _DENIED_SYSCALLS:
         rules.add_rule(deny, name)
+    for name in _NEWER_DENIED:
+        try:
+            rules.add_rule(deny, name)
+        except (OSError, ValueError):  # libseccomp does not know it (nor, then, does libc call it)
+            pass
     rules.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, _CLONE_THREAD, 0))  # a process, not a thread
     rules.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")  # flags sit behind a pointer: libc falls back to clone
     for name in ("kill", "tgkill"):
@@ -232,10 +244,13 @@ def _install_guard(workdir: str) -> None:
     import builtins
     import io
 
-    def inside(path) -> bool:
+    def inside(path, dir_fd=None) -> bool:
         if isinstance(path, int):  # an already-open file descriptor
             return True
-        real = os.path.realpath(os.fsdecode(os.fspath(path)))
+        path = os.fsdecode(os.fspath(path))
+        if dir_fd is not None and not os.path.isabs(path):  # relative to an open directory (shutil.rmtree)
+            path = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), path)
+        real = os.path.realpath(path)
         return real in (workdir, os.devnull) or real.startswith(workdir + os.sep)
 
     def denied(name):
@@ -246,8 +261,8 @@ def _install_guard(workdir: str) -> None:
 
     def confined(func, name, n_paths=1):
         def guarded(*args, **kwargs):
-            dir_fds = [v for k, v in kwargs.items() if k.endswith("dir_fd") and v is not None]
-            if dir_fds or not all(inside(p) for p in args[:n_paths]):
+            two_dirs = [v for k, v in kwargs.items() if k in ("src_dir_fd", "dst_dir_fd") and v is not None]
+            if two_dirs or not all(inside(p, kwargs.get("dir_fd")) for p in args[:n_paths]):
                 raise PermissionError(f"{name} outside the working directory is not allowed")
             return func(*args, **kwargs)
 
@@ -284,7 +299,7 @@ def _install_guard(workdir: str) -> None:
     os._exit = early_exit
     subprocess.Popen = denied("subprocess.Popen")
     _posixsubprocess.fork_exec = denied("_posixsubprocess.fork_exec")
-    shutil.rmtree, shutil.chown = denied("shutil.rmtree"), denied("shutil.chown")
+    shutil.rmtree, shutil.chown = confined(shutil.rmtree, "shutil.rmtree"), denied("shutil.chown")
     resource.setrlimit, resource.prlimit = denied("resource.setrlimit"), denied("resource.prlimit")
 
 
