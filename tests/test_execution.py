@@ -306,3 +306,18 @@ def test_an_incomplete_sandbox_is_refused_unless_allowed():
     sandbox = describe_sandbox()  # what results.json records: the layers that took hold here
     assert set(sandbox) >= {"seccomp", "landlock_abi", "rlimits", "guard"}
     assert bool(sandbox["landlock_abi"]) == ("landlock" not in execution.missing_layers())
+
+
+def test_eval_refuses_code_tasks_before_loading_the_model_without_every_layer(monkeypatch, tmp_path, capsys):
+    from layerprune.cli import main
+
+    weak = {**describe_sandbox(), "landlock_abi": 0}  # as on a kernel without Landlock
+    monkeypatch.setattr(execution, "describe_sandbox", lambda: weak)
+    missing_model, out = str(tmp_path / "no-such-model"), tmp_path / "out"
+    assert main(["eval", missing_model, "--tasks", "arc_easy,humaneval", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no Landlock" in err and "--allow-weaker-sandbox" in err
+    assert not out.exists()
+    # With the flag the sandbox check passes and the run goes on to the model, which is missing here.
+    assert main(["eval", missing_model, "--tasks", "humaneval", "--out", str(out), "--allow-weaker-sandbox"]) == 2
+    assert "Landlock" not in capsys.readouterr().err and not out.exists()

@@ -172,6 +172,7 @@ class EvalConfig(_Strict):
     temperature: float = 0.0
     top_p: float = 1.0
     num_samples: int = 1
+    allow_weaker_sandbox: bool = Field(False, description="run generated code without Landlock/seccomp if missing")
 
 
 class SpeedConfig(_Strict):
