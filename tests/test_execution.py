@@ -10,7 +10,7 @@ import pytest
 
 from layerprune import execution
 from layerprune.errors import UsageError
-from layerprune.execution import describe_sandbox, ExecutionResult, classify_error
+from layerprune.execution import ExecutionResult, classify_error, describe_sandbox
 
 
 # These tests check results and the layers other than Landlock, so they also run where the kernel lacks it;

@@ -53,7 +53,8 @@ READS = {  # each prints the secret if it gets it
     "relative ../ path": "import os\nprint(open(os.path.relpath({S!r})).read())",
     "O_PATH reopened via /proc/self/fd": "import os\nfd = os.open({S!r}, os.O_PATH)\n"
                                          "print(open(f'/proc/self/fd/{{fd}}').read())",
-    "mmap": "import mmap, posix\nfd = posix.open({S!r}, posix.O_RDONLY)\nprint(mmap.mmap(fd, 0, prot=mmap.PROT_READ)[:])",
+    "mmap": "import mmap, posix\nfd = posix.open({S!r}, posix.O_RDONLY)\n"
+            "print(mmap.mmap(fd, 0, prot=mmap.PROT_READ)[:])",
     "symlink in the work dir": "import posix\nposix.symlink({S!r}, 'link')\nprint(open('link').read())",
     "ctypes symlink": LIBC + "check(libc.symlink({S!r}.encode(), b'link'))\nprint(open('link').read())",
     "ctypes hard link": LIBC + "check(libc.link({S!r}.encode(), b'hard'))\nprint(open('hard').read())",

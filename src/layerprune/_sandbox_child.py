@@ -2,8 +2,10 @@
 
 Run as ``python -I _sandbox_child.py INPUT MEMORY_MB CPU_SECONDS REPORT_FD`` by `execution.run_program`, never
 imported: it must not import the package (whose __init__ pulls in torch). It reads the program and the
-sentinel from stdin, sets resource limits, loads the seccomp filter, installs the Python guard, runs the
-program as ``__main__`` and writes ``SENTINEL {"ok": ..., "message": ...}`` to REPORT_FD.
+sentinel from stdin, sets resource limits, applies Landlock, loads the seccomp filter, installs the Python guard,
+runs the program as ``__main__`` and writes ``SENTINEL {"ok": ..., "message": ...}`` to REPORT_FD (or
+``{"ok": false, "unavailable": [layers]}`` when a layer the parent requires could not be applied).
+``python -I _sandbox_child.py --probe`` applies every layer in its working directory and prints which took hold.
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ def _child_main(input_path: str, memory_mb: int, cpu_seconds: int, report_fd: in
 
 
 def _apply_layers(workdir: str, memory_mb: int, cpu_seconds: int) -> tuple[dict, list[str]]:
-    """Confine this process: rlimits, Landlock, seccomp, guard (in that order: the seccomp filter must not
-    see the Landlock syscalls refused, and both must be in place before the guard and the program).
+    """Confine this process: rlimits, Landlock, seccomp, guard (Landlock before seccomp, whose filter need not
+    then allow the Landlock syscalls; both kernel layers before the guard and the program).
     Returns (what is active, as `describe_sandbox` reports it; the names of the layers that failed)."""
     try:
         import pyseccomp  # noqa: F401  imported before Landlock: it runs ldconfig and loads libseccomp
