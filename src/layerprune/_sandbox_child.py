@@ -28,7 +28,7 @@ def _child_main(input_path: str, memory_mb: int, cpu_seconds: int, report_fd: in
     os.unlink(input_path)  # the sentinel must not stay readable
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)  # input() sees EOF
-    missing = _apply_layers(os.getcwd(), memory_mb, cpu_seconds)[1]
+    missing = _apply_layers(os.getcwd(), memory_mb, cpu_seconds, payload["homes"])[1]
     required = [name for name in missing if name in payload["require"]]
     if required:  # the parent checked this machine, so this is rare: refuse rather than run weaker
         os.write(report_fd, f"{payload['sentinel']} {json.dumps({'ok': False, 'unavailable': required})}\n".encode())
@@ -46,7 +46,7 @@ def _child_main(input_path: str, memory_mb: int, cpu_seconds: int, report_fd: in
     real_exit(0 if report["ok"] else 1)  # skip atexit hooks and non-daemon threads of the program
 
 
-def _apply_layers(workdir: str, memory_mb: int, cpu_seconds: int) -> tuple[dict, list[str]]:
+def _apply_layers(workdir: str, memory_mb: int, cpu_seconds: int, homes=()) -> tuple[dict, list[str]]:
     """Confine this process: rlimits, Landlock, seccomp, guard (Landlock before seccomp, whose filter need not
     then allow the Landlock syscalls; both kernel layers before the guard and the program).
     Returns (what is active, as `describe_sandbox` reports it; the names of the layers that failed)."""
@@ -55,7 +55,7 @@ def _apply_layers(workdir: str, memory_mb: int, cpu_seconds: int) -> tuple[dict,
     except Exception:  # not Linux, or no libseccomp (pyseccomp raises RuntimeError)
         pass
     _set_limits(memory_mb, cpu_seconds)
-    landlock = _install_landlock(workdir)
+    landlock = _install_landlock(workdir, homes)
     seccomp = _install_seccomp()
     _install_guard(workdir)
     active = {"seccomp": seccomp, "landlock_abi": landlock, "rlimits": list(LIMITS), "guard": True}
@@ -110,13 +110,17 @@ def _rights(abi: int, *names: str) -> int:
     return sum(bit for name, (bit, since) in _FS_RIGHTS.items() if since <= abi and name in names)
 
 
-def _read_roots() -> tuple[set[str], set[str]]:
+def _read_roots(workdir: str, homes) -> tuple[set[str], set[str]]:
     """(directories, files) the interpreter and honest programs read, resolved now: the Python installation
-    and its site-packages, the shared libraries' directories, the loader cache, time zones, random devices."""
+    and its site-packages, the shared libraries' directories, the loader cache, time zones, random devices.
+    Never "/", nor a home directory (`homes`: the evaluator's $HOME and passwd entry) or the temporary
+    directory of the runs (the parent of `workdir`), nor one of their ancestors."""
     import pwd
     import site
 
-    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *site.getsitepackages()}
+    python = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *site.getsitepackages()}
+    python = {os.path.realpath(p) + os.sep for p in python}
+    dirs = set(python)
     dirs |= {"/usr/share/zoneinfo", "/usr/lib/locale"}
     files = {sys.executable, "/etc/ld.so.cache", "/etc/localtime", "/dev/urandom", "/dev/random", "/dev/zero"}
     with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:  # libpython, libc, lib-dynload, ...
@@ -125,10 +129,13 @@ def _read_roots() -> tuple[set[str], set[str]]:
             path = fields[5].strip() if len(fields) == 6 else ""
             if path.startswith("/") and not path.endswith("(deleted)"):
                 dirs.add(os.path.dirname(path))
-    home = os.path.realpath(pwd.getpwuid(os.getuid()).pw_dir)
+    homes = {os.path.realpath(p) + os.sep for p in (*homes, pwd.getpwuid(os.getuid()).pw_dir)}
+    private = homes | {os.path.dirname(workdir) + os.sep}
 
-    def allowed(path: str) -> bool:  # never "/", the home directory or one of its ancestors
-        return os.path.exists(path) and path != "/" and not (home + os.sep).startswith(path.rstrip(os.sep) + os.sep)
+    def allowed(path: str) -> bool:  # under a home directory, only the Python installation
+        inside = path + os.sep
+        return (os.path.exists(path) and path != "/" and not any(p.startswith(inside) for p in private)
+                and (not any(inside.startswith(h) for h in homes) or any(inside.startswith(p) for p in python)))
 
     dirs = {d for d in map(os.path.realpath, dirs) if allowed(d) and os.path.isdir(d)}
     dirs = {d for d in dirs if not any(d.startswith(other + os.sep) for other in dirs)}  # a rule covers its subtree
@@ -136,7 +143,7 @@ def _read_roots() -> tuple[set[str], set[str]]:
     return dirs, files
 
 
-def _install_landlock(workdir: str) -> int:
+def _install_landlock(workdir: str, homes=()) -> int:
     """Allow writes only under `workdir` and reads only of `_read_roots()`, for this process and all it
     starts; the rest of the file system is refused by the kernel (EACCES). Returns the ABI, 0 if unavailable."""
     import ctypes
@@ -159,7 +166,7 @@ def _install_landlock(workdir: str) -> int:
         return 0
     read_dir = _rights(abi, "execute", "read_file", "read_dir")
     everything = handled & ~_rights(abi, "make_char", "make_block", "ioctl_dev")  # no device nodes, even as root
-    dirs, files = _read_roots()
+    dirs, files = _read_roots(workdir, homes)
     rules = [(d, read_dir) for d in dirs] + [(f, _rights(abi, "execute", "read_file")) for f in files]
     rules += [(os.devnull, _rights(abi, "read_file", "write_file", "truncate")), (workdir, everything)]
     try:

@@ -203,7 +203,8 @@ def _run_in(root: str, program: str, timeout: float, memory_mb: int, required: l
     sentinel = secrets.token_hex(16)
     input_path = os.path.join(root, "input.json")
     with open(input_path, "w", encoding="utf-8") as f:
-        json.dump({"sentinel": sentinel, "program": program, "require": required}, f)
+        homes = [os.path.expanduser("~")]  # never readable by the program (nor their ancestors)
+        json.dump({"sentinel": sentinel, "program": program, "require": required, "homes": homes}, f)
     cpu_seconds = math.ceil(timeout) + 1
     env = {
         "PATH": os.defpath, "HOME": work, "TMPDIR": work, "LC_ALL": "C.UTF-8",
