@@ -154,14 +154,15 @@ def _install_landlock(workdir: str, homes=()) -> int:
     create, add_rule, restrict = numbers
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
-    abi = libc.syscall(create, None, ctypes.c_size_t(0), ctypes.c_uint32(1))  # LANDLOCK_CREATE_RULESET_VERSION
+    long = ctypes.c_long  # variadic arguments: pass full registers, so no stray upper bits reach the kernel
+    abi = libc.syscall(long(create), None, long(0), long(1))  # LANDLOCK_CREATE_RULESET_VERSION
     if abi < 1:
         return 0
     handled = sum(bit for bit, since in _FS_RIGHTS.values() if since <= abi)
     # struct landlock_ruleset_attr {u64 handled_access_fs, handled_access_net, scoped}: pass the fields this ABI knows
     fields = [handled] + ([_NET_TCP] if abi >= 4 else []) + ([_SCOPES] if abi >= 6 else [])
     attr = (ctypes.c_uint64 * len(fields))(*fields)
-    ruleset = libc.syscall(create, ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)), ctypes.c_uint32(0))
+    ruleset = libc.syscall(long(create), ctypes.byref(attr), long(ctypes.sizeof(attr)), long(0))
     if ruleset < 0:
         return 0
     read_dir = _rights(abi, "execute", "read_file", "read_dir")
@@ -173,7 +174,8 @@ def _install_landlock(workdir: str, homes=()) -> int:
         for path, access in rules:
             if not _add_path_rule(libc, add_rule, ruleset, path, access):
                 return 0
-        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 or libc.syscall(restrict, ruleset, 0) != 0:
+        if libc.prctl(_PR_SET_NO_NEW_PRIVS, long(1), long(0), long(0), long(0)) != 0 or \
+                libc.syscall(long(restrict), long(ruleset), long(0)) != 0:
             return 0
     finally:
         os.close(ruleset)
@@ -195,7 +197,8 @@ def _add_path_rule(libc, add_rule: int, ruleset: int, path: str, access: int) ->
         if not os.path.isdir(path):
             access &= sum(_FS_RIGHTS[name][0] for name in _FILE_ONLY)
         attr = PathBeneath(access, fd)
-        return libc.syscall(add_rule, ruleset, 1, ctypes.byref(attr), 0) == 0  # LANDLOCK_RULE_PATH_BENEATH
+        long = ctypes.c_long
+        return libc.syscall(long(add_rule), long(ruleset), long(1), ctypes.byref(attr), long(0)) == 0  # PATH_BENEATH
     finally:
         os.close(fd)
 
