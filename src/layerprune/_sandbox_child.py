@@ -129,7 +129,11 @@ def _read_roots(workdir: str, homes) -> tuple[set[str], set[str]]:
             path = fields[5].strip() if len(fields) == 6 else ""
             if path.startswith("/") and not path.endswith("(deleted)"):
                 dirs.add(os.path.dirname(path))
-    homes = {os.path.realpath(p) + os.sep for p in (*homes, pwd.getpwuid(os.getuid()).pw_dir)}
+    try:
+        homes = (*homes, pwd.getpwuid(os.getuid()).pw_dir)
+    except KeyError:  # a uid without a passwd entry (containers): the parent's $HOME only
+        pass
+    homes = {os.path.realpath(p) + os.sep for p in homes}
     private = homes | {os.path.dirname(workdir) + os.sep}
 
     def allowed(path: str) -> bool:  # under a home directory, only the Python installation
