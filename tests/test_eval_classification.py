@@ -134,7 +134,7 @@ def test_runner_writes_results_and_samples(tiny, tmp_path, data_dir):
     assert set(out["results"]["arc_easy"]) == {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"}
     assert set(out["results"]["winogrande"]) == {"acc", "acc_stderr", "n"}
     assert out["config"]["limit"] == 3 and out["config"]["data_dir"] == str(data_dir)
-    assert out["config"]["code_sandbox"]["python_guard"] and "seccomp" in out["config"]["code_sandbox"]
+    assert out["config"]["code_sandbox"]["guard"] and {"seccomp", "landlock_abi"} <= set(out["config"]["code_sandbox"])
     assert out["model"]["fingerprint"].startswith("sha256:") and out["backend"]["adds_bos"] is True
     rows = [json.loads(x) for x in (tmp_path / "samples_arc_easy.jsonl").read_text().splitlines()]
     assert [r["doc_id"] for r in rows] == [0, 1, 2]

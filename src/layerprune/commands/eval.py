@@ -30,6 +30,8 @@ def add_arguments(p):
     p.add_argument("--top-k", type=int, default=0, help="top-k sampling (default 0 = off)")
     p.add_argument("--num-samples", type=int, default=1, help="generations per prompt (default 1)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default 16)")
+    p.add_argument("--allow-weaker-sandbox", action="store_true",
+                   help="code tasks: run generated code even where Landlock or seccomp is unavailable")
     add_load_arguments(p, trust_remote_code=False)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -38,7 +40,8 @@ def run(args) -> int:
     opts = TaskOptions(
         data_dir=args.data_dir, num_fewshot=args.num_fewshot, limit=args.limit, seed=args.seed,
         chat_template=args.chat_template, system_prompt=args.system_prompt, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, num_samples=args.num_samples)
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, num_samples=args.num_samples,
+        allow_weaker_sandbox=args.allow_weaker_sandbox)
     result = evaluate(args.model, args.tasks, opts, out_dir=args.out, batch_size=args.batch_size,
                       dtype=args.dtype, device=args.device, progress=not args.no_progress)
     for task, metrics in result["results"].items():

@@ -33,7 +33,7 @@ from layerprune.evaluation.hf_backend import HFBackend
 from layerprune.evaluation.requests import GenerationRequest, GenerationResult, LoglikelihoodRequest
 from layerprune.evaluation.tasks import get_task
 from layerprune.evaluation.tasks.base import TaskGroup, TaskOptions
-from layerprune.execution import describe_sandbox
+from layerprune.execution import check_sandbox, describe_sandbox
 
 LM_EVAL_REFERENCE = "0.4.13"  # the harness whose prompts, tokenization and metrics these tasks reproduce
 
@@ -46,6 +46,8 @@ def evaluate(model_or_path, tasks: str | Sequence[str], opts: TaskOptions | None
     names = _task_names(tasks)
     _check_options(opts, batch_size)
     resolved = [get_task(name) for name in names]  # unknown names fail before the model loads
+    if any(getattr(m, "runs_code", False) for m in _members(resolved)):  # so does an incomplete sandbox
+        check_sandbox(opts.allow_weaker_sandbox)
     start = time.perf_counter()
     model, tokenizer, source = _load(model_or_path, tokenizer, dtype, device)
     load_s = time.perf_counter() - start

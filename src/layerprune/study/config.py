@@ -197,6 +197,7 @@ class EvalConfig(_Strict):
     top_p: float = 1.0
     num_samples: int = 1
     scaling: ScalingConfig | None = Field(None, description="test-time scaling curves; off by default")
+    allow_weaker_sandbox: bool = Field(False, description="run generated code without Landlock/seccomp if missing")
 
 
 class SpeedConfig(_Strict):

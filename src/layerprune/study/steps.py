@@ -97,7 +97,7 @@ def run_eval(ctx, out: Path) -> None:
         data_dir=Path(_resolve(ev["data_dir"], ctx.base_dir)) if ev["data_dir"] else None,
         num_fewshot=ev["num_fewshot"], limit=ev["limit"], seed=p["seed"], chat_template=p["chat_template"],
         system_prompt=p["system_prompt"], max_new_tokens=ev["max_new_tokens"], temperature=ev["temperature"],
-        top_p=ev["top_p"], num_samples=ev["num_samples"])
+        top_p=ev["top_p"], num_samples=ev["num_samples"], allow_weaker_sandbox=ev.get("allow_weaker_sandbox", False))
     evaluate(model_path(ctx.input(0)), ev["tasks"], opts, out_dir=out, batch_size=ev["batch_size"],
              dtype=model_dtype(ctx.input(0)),
              device=ctx.cfg.device, progress=False)

@@ -41,6 +41,8 @@ class TaskOptions:
     top_p: float = 1.0
     top_k: int = 0
     num_samples: int = 1
+    # Code tasks: run generated code even where a kernel layer of the sandbox (Landlock, seccomp) is missing.
+    allow_weaker_sandbox: bool = False
     # Set by the runner when chat_template is on: renders chat messages [{role, content}] to the prompt
     # string (the tokenizer's template, generation prompt added). Not an option a user passes.
     chat_renderer: Callable[[list[dict[str, str]]], str] | None = field(default=None, compare=False, repr=False)

@@ -56,6 +56,7 @@ class CodeTask:
 
     kind = "generative"
     primary_metric = "pass@1"
+    runs_code = True  # evaluate() checks the sandbox before loading the model
 
     def __init__(self, flavor: str, plus: bool = False, timeout: float = TIMEOUT_S, workers: int = WORKERS):
         self.flavor, self.plus = flavor, plus
@@ -115,22 +116,23 @@ class CodeTask:
             return f"{imports}\n{completion}\n{tests}" if imports else f"{completion}\n{tests}"
         return completion + "\n" + "\n".join(doc["test_list"])
 
-    def executed(self, doc: dict[str, Any], texts: Sequence[str]) -> list:
+    def executed(self, doc: dict[str, Any], texts: Sequence[str], opts: TaskOptions) -> list:
         """Execution results of every sample, run once per (doc, texts) and reused by score and record."""
         key = (str(doc["task_id"]), tuple(texts))
         if key not in self._executed:
             programs = [self.program(doc, t) for t in texts]
-            self._executed[key] = run_programs(programs, timeout=self.timeout, workers=self.workers)
+            self._executed[key] = run_programs(programs, timeout=self.timeout, workers=self.workers,
+                                               allow_weaker_sandbox=opts.allow_weaker_sandbox)
         return self._executed[key]
 
     def score(self, doc, requests: Sequence, results: Sequence[GenerationResult], opts) -> dict[str, float]:
-        outcomes = self.executed(doc, results[0].texts)
+        outcomes = self.executed(doc, results[0].texts, opts)
         n, c = len(outcomes), sum(o.status == "passed" for o in outcomes)
         return {f"pass@{k}": pass_at_k(n, c, k) for k in sorted({*scaling_ks(n), *PASS_KS}) if k <= n}
 
     def record(self, doc, requests: Sequence, results: Sequence[GenerationResult], opts) -> dict[str, Any]:
         texts = results[0].texts
-        outcomes = self.executed(doc, texts)
+        outcomes = self.executed(doc, texts, opts)
         self._executed.pop((str(doc["task_id"]), tuple(texts)), None)  # scored and recorded: free it
         return {"task_id": doc["task_id"], "resps": list(texts),
                 "status": [o.status for o in outcomes], "error_class": [o.error_class for o in outcomes],
