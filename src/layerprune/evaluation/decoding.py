@@ -85,12 +85,12 @@ class CheckpointSettings:
     max_length: int | None = field(default=None, compare=False)  # only for forced_eos_token_id
 
     @classmethod
-    def of(cls, model, tokenizer=None) -> "CheckpointSettings":
+    def of(cls, model, tokenizer=None, strict: bool = True) -> "CheckpointSettings":
         """From `model.generation_config` (transformers loads generation_config.json into it). EOS ids are the
-        config's, plus the tokenizer's EOS (as before: a row ends on it)."""
+        config's, plus the tokenizer's EOS (as before: a row ends on it). `strict`: unsupported settings raise."""
         cfg = getattr(model, "generation_config", None) or GenerationConfig()
         bad = [k for k, off in _UNSUPPORTED.items() if getattr(cfg, k, None) not in off]
-        if bad:
+        if bad and strict:
             raise UsageError(f"generation_config.json sets {', '.join(f'{k}={getattr(cfg, k)!r}' for k in bad)}, "
                              "which layerprune's HF engine does not implement; remove it from the checkpoint's "
                              "generation_config.json")
