@@ -63,8 +63,11 @@ def test_shared_header_is_prefilled_once_and_changes_nothing(tiny):
     finally:
         handle.remove()
     assert [r.texts for r in results] == [(ref,) for ref in refs]
-    shared, total = len(tokenizer(header)["input_ids"]), sum(len(tokenizer(p)["input_ids"]) for p in prompts)
-    assert shared > 32 and sum(positions) <= total - (len(prompts) - 1) * shared + len(prompts) * MAX_NEW
+    shared = len(tokenizer(header)["input_ids"])
+    own = max(len(tokenizer(p)["input_ids"]) - shared for p in prompts)  # the longest prompt's own tokens
+    # the header runs once, alone; then every prompt runs only its own tokens (right-padded to `own`)
+    assert shared > 32 and positions[0] == shared and max(positions[1:]) < shared
+    assert sum(positions[1:]) <= len(prompts) * (own + MAX_NEW)
 
 
 def test_stop_strings_cut_per_request(tiny):
@@ -99,13 +102,33 @@ def test_finished_rows_leave_the_batch(tiny):
         results = generate_batch(model, tokenizer, reqs, batch_size=3)
     finally:
         hook.remove()
-    # each prompt is prefilled alone (no pad tokens), then the batch decodes 3 rows, then rows leave after 2 and 6
-    # tokens: 1,1,1 / 3 / 2,2,2,2 / 1 x6 (EOS may end rows sooner)
-    prefill, decode = batch_sizes[:3], batch_sizes[3:]
-    assert prefill == [1, 1, 1] and decode[0] == 3 and decode == sorted(decode, reverse=True)
+    # the prompts are prefilled as one batch, then the batch decodes 3 rows, then rows leave after 2 and 6
+    # tokens: 3 / 3 / 2,2,2,2 / 1 x6 (EOS may end rows sooner)
+    prefill, decode = batch_sizes[:1], batch_sizes[1:]
+    assert prefill == [3] and decode[0] == 3 and decode == sorted(decode, reverse=True)
     assert len(decode) <= 11 and decode[-1] == 1
     for req, res in zip(reqs, results):  # each row got its own token budget
         assert res.texts[0] == hf_greedy(model, tokenizer, req.context, req.max_new_tokens)
+
+
+def test_finished_rows_are_replaced_by_waiting_prompts(tiny):
+    """Continuous batching: with 2 slots, one 12-token row runs while four short rows pass through the other slot,
+    so decoding takes at most 11 steps after the first token (static batches of 2 would need 11 + 2 + 2)."""
+    model, tokenizer = tiny
+    shapes: list[tuple[int, int]] = []
+    hook = model.model.embed_tokens.register_forward_hook(lambda m, i, o: shapes.append(tuple(i[0].shape)))
+    budgets = [2, 3, 3, 3, 12]  # the longest prompt (decoded first, as lm-eval orders) has the longest budget
+    reqs = [GenerationRequest(p, max_new_tokens=n) for p, n in zip(PROMPTS, budgets)]
+    try:
+        results = generate_batch(model, tokenizer, reqs, batch_size=2)
+    finally:
+        hook.remove()
+    decode = [b for b, t in shapes if t == 1]
+    assert len(decode) <= max(budgets) - 1 and max(b for b, _ in shapes) <= 2
+    assert decode.count(2) >= len(decode) - 2, "the second slot should be refilled while prompts wait"
+    for req, res in zip(reqs, results):
+        assert res.texts[0] == hf_greedy(model, tokenizer, req.context, req.max_new_tokens)
+        assert res.finish_reasons[0] in ("stop", "length") and 1 <= res.generated_tokens[0] <= req.max_new_tokens
 
 
 def test_sampling_is_seeded_and_independent_of_batching(tiny):

@@ -209,18 +209,28 @@ class _Continuous:
             lengths = [n + 1 for n in lengths]
 
     def _prefill(self, rows: list[_Row], cache, first_slot: int) -> torch.Tensor:
-        """Each prompt alone (exactly lm-eval's batch-size-1 prefill, no pad tokens), from a copy of the
-        header's cache when there is one; its keys/values go to its slot. Returns (len(rows), V) fp32."""
+        """The joining prompts in one batch, right-padded: causal attention keeps every real position exact
+        (a real token never sees the pads after it), so no pad enters a kept key or logit. With a header, the
+        batch starts from copies of its cache and runs only each prompt's own tokens. Each row's keys/values
+        go to its slot. Returns the last prompt position's logits, (len(rows), V) fp32."""
         device, skip = self.model.device, len(self.header.tokens) if self.header is not None else 0
-        logits = []
-        for k, row in enumerate(rows):
-            own = self.header.cache() if self.header is not None else DynamicCache(config=self.model.config)
-            out = self.model(input_ids=torch.tensor([row.prompt[skip:]], device=device), use_cache=True,
-                             logits_to_keep=1, **{self.cache_kw: own})
-            logits.append(out.logits[0, -1].float())  # (V,)
-            for layer, src in zip(cache.layers, own.layers):
-                layer.load(first_slot + k, src.keys[0], src.values[0])
-        return torch.stack(logits)
+        own = [r.prompt[skip:] for r in rows]
+        width = max(len(x) for x in own)
+        ids = torch.tensor([x + [x[-1]] * (width - len(x)) for x in own], device=device)  # (k, width)
+        if self.header is not None:
+            past = self.header.cache()
+            past.batch_repeat_interleave(len(rows))  # (k, kv_heads, header, head_dim) per layer
+        else:
+            past = DynamicCache(config=self.model.config)
+        last = sorted({len(x) - 1 for x in own})
+        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=torch.tensor(last, device=device),
+                         **{self.cache_kw: past})
+        column = {pos: c for c, pos in enumerate(last)}
+        logits = torch.stack([out.logits[k, column[len(x) - 1]] for k, x in enumerate(own)]).float()  # (k, V)
+        for layer, src in zip(cache.layers, past.layers):
+            for k, row in enumerate(rows):
+                layer.load(first_slot + k, src.keys[k, :, : len(row.prompt)], src.values[k, :, : len(row.prompt)])
+        return logits
 
 
 def _encode(tokenizer, context: str, add_bos_token: bool | None) -> list[int]:
