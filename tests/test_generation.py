@@ -172,3 +172,57 @@ def test_left_truncation_keeps_the_end_of_a_long_prompt(tiny):
     ids = tokenizer(long_prompt)["input_ids"][-(512 - 8) :]
     out = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=8)
     assert got == tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+
+
+def _variant(attn: str = "sdpa", sliding_window: int | None = None):
+    """The tiny fixture's weights under another attention implementation or as a sliding-window Mistral."""
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    model, tokenizer = build_tiny_lm()
+    if sliding_window is None:
+        return AutoModelForCausalLM.from_config(model.config, attn_implementation=attn).eval(), tokenizer, model
+    cfg = model.config.to_dict()
+    for key in ("model_type", "architectures", "transformers_version"):
+        cfg.pop(key, None)
+    config = MistralConfig(**{**cfg, "sliding_window": sliding_window, "head_dim": 16})
+    other = AutoModelForCausalLM.from_config(config).eval()
+    other.load_state_dict(model.state_dict())
+    return other, tokenizer, model
+
+
+@pytest.mark.parametrize("attn,window", [("eager", None), ("sdpa", 6)], ids=["eager-slots", "sliding-static"])
+def test_greedy_equals_hf_generate_on_eager_and_sliding_window_models(attn, window):
+    """eager attention runs the slot cache with an additive mask; a sliding-window cache takes the static path."""
+    from layerprune.evaluation.generation import _continuous_ok
+
+    model, tokenizer, base = _variant(attn, window)
+    if window is None:
+        model.load_state_dict(base.state_dict())
+    assert _continuous_ok(model) == (window is None)
+    refs = [hf_greedy(model, tokenizer, p, 16) for p in PROMPTS[:5]]
+    results = generate_batch(model, tokenizer, [GenerationRequest(p, max_new_tokens=16) for p in PROMPTS[:5]], 2)
+    assert [r.texts[0] for r in results] == refs
+
+
+def test_repetition_penalty_of_the_generation_config_as_hf_generate(tiny):
+    model, tokenizer = tiny
+    model.generation_config.repetition_penalty = 1.3
+    model.generation_config.no_repeat_ngram_size = 3  # order-sensitive: applied per row on its exact ids
+    try:
+        refs = [hf_greedy(model, tokenizer, p) for p in PROMPTS]
+        results = generate_batch(model, tokenizer, [GenerationRequest(p, max_new_tokens=MAX_NEW) for p in PROMPTS], 3)
+    finally:
+        model.generation_config.repetition_penalty = 1.0
+        model.generation_config.no_repeat_ngram_size = 0
+    assert [r.texts[0] for r in results] == refs
+    assert refs != [hf_greedy(model, tokenizer, p) for p in PROMPTS], "the settings should change the text"
+
+
+def test_unsupported_generation_config_setting_is_a_usage_error(tiny):
+    model, tokenizer = tiny
+    model.generation_config.num_beams = 4
+    try:
+        with pytest.raises(UsageError, match="num_beams"):
+            generate_batch(model, tokenizer, [GenerationRequest("x", max_new_tokens=4)])
+    finally:
+        model.generation_config.num_beams = 1

@@ -4,21 +4,29 @@
 
 What it does, and how it lines up with lm-eval's `HFLM.generate_until` (0.4.13):
 
-* Each request becomes `num_samples` rows. Rows are sorted by prompt length, longest first (lm-eval's
-  `Collator` key `(-len(tokens), context)`), cut into batches of `batch_size`, and decoded with a
-  `DynamicCache` laid out left-padded. Each prompt is prefilled alone (see `_prefill`); the header that
+* Each request becomes `num_samples` rows, queued by prompt length, longest first (lm-eval's `Collator` key
+  `(-len(tokens), context)`). **Continuous batching**: up to `batch_size` rows decode together in the slots
+  of a preallocated cache (`slot_cache.py`: nothing is re-concatenated per step); a finished row leaves at
+  once and the next waiting prompt is prefilled into its slot, so a batch lasts as long as there is work,
+  not as long as its longest row. Joining prompts are prefilled together, right-padded; the header that
   every prompt of the call begins with (GSM8K's five shots) is prefilled once and its cache copied into each
-  prompt's. Results come back in request order.
+  joining row's. Results come back in request order.
 * Prompts are encoded like `HFLM.tok_batch_encode`: the tokenizer's default special tokens (BOS for
   Llama-style tokenizers) unless the context already starts with the BOS string; left-truncated to
   `max_length - max_new_tokens`.
+* The next token is chosen on the model's device for all rows at once (`decoding.py`): the checkpoint's
+  generation settings that `model.generate` would apply under lm-eval's call (repetition penalty, ...)
+  through transformers' own processors, then fp32 argmax for greedy rows, as `generate(do_sample=False)`;
+  sampled rows (`temperature > 0`) get temperature, top-k, top-p (the request's) and the checkpoint's other
+  warpers, and an inverse-CDF draw from one uniform per step of the row's own CPU generator, seeded by
+  `(request.seed, sample index)`: samples do not depend on batching.
 * A row finishes on an EOS id (the generation config's and the tokenizer's), on its own stop strings
   (`until` plus the tokenizer's EOS string, as lm-eval's `handle_stop_sequences`), or after
-  `max_new_tokens`. Finished rows are dropped from the batch and from the cache, so they cost nothing.
+  `max_new_tokens`; its result records why ("stop"/"length") and how many tokens it generated.
 * The text is `decode(new tokens, skip_special_tokens=True)` cut before the first stop string
-  (lm-eval's `postprocess_generated_text`). Greedy rows take the fp32 argmax, as `model.generate(do_sample=False)`.
-* Sampling (`temperature > 0`) applies temperature, top-k, top-p (transformers' warpers) and draws from a
-  per-row CPU generator seeded by `(request.seed, sample index)`, so samples do not depend on batching.
+  (lm-eval's `postprocess_generated_text`).
+* Models whose cache is not plain full attention (sliding windows, linear attention) or whose attention is
+  neither sdpa nor eager decode in static batches on transformers' `DynamicCache` (`_decode`), same choices.
 
 Equal to lm-eval at its default batch size 1. With a larger batch lm-eval keeps decoding rows whose stop
 string already appeared until the whole batch is done; the cut text is the same, except the rare row that
