@@ -63,8 +63,11 @@ def test_shared_header_is_prefilled_once_and_changes_nothing(tiny):
     finally:
         handle.remove()
     assert [r.texts for r in results] == [(ref,) for ref in refs]
-    shared, total = len(tokenizer(header)["input_ids"]), sum(len(tokenizer(p)["input_ids"]) for p in prompts)
-    assert shared > 32 and sum(positions) <= total - (len(prompts) - 1) * shared + len(prompts) * MAX_NEW
+    shared = len(tokenizer(header)["input_ids"])
+    own = max(len(tokenizer(p)["input_ids"]) - shared for p in prompts)  # the longest prompt's own tokens
+    # the header runs once, alone; then every prompt runs only its own tokens (right-padded to `own`)
+    assert shared > 32 and positions[0] == shared and max(positions[1:]) < shared
+    assert sum(positions[1:]) <= len(prompts) * (own + MAX_NEW)
 
 
 def test_stop_strings_cut_per_request(tiny):
@@ -99,13 +102,33 @@ def test_finished_rows_leave_the_batch(tiny):
         results = generate_batch(model, tokenizer, reqs, batch_size=3)
     finally:
         hook.remove()
-    # each prompt is prefilled alone (no pad tokens), then the batch decodes 3 rows, then rows leave after 2 and 6
-    # tokens: 1,1,1 / 3 / 2,2,2,2 / 1 x6 (EOS may end rows sooner)
-    prefill, decode = batch_sizes[:3], batch_sizes[3:]
-    assert prefill == [1, 1, 1] and decode[0] == 3 and decode == sorted(decode, reverse=True)
+    # the prompts are prefilled as one batch, then the batch decodes 3 rows, then rows leave after 2 and 6
+    # tokens: 3 / 3 / 2,2,2,2 / 1 x6 (EOS may end rows sooner)
+    prefill, decode = batch_sizes[:1], batch_sizes[1:]
+    assert prefill == [3] and decode[0] == 3 and decode == sorted(decode, reverse=True)
     assert len(decode) <= 11 and decode[-1] == 1
     for req, res in zip(reqs, results):  # each row got its own token budget
         assert res.texts[0] == hf_greedy(model, tokenizer, req.context, req.max_new_tokens)
+
+
+def test_finished_rows_are_replaced_by_waiting_prompts(tiny):
+    """Continuous batching: with 2 slots, one 12-token row runs while four short rows pass through the other slot,
+    so decoding takes at most 11 steps after the first token (static batches of 2 would need 11 + 2 + 2)."""
+    model, tokenizer = tiny
+    shapes: list[tuple[int, int]] = []
+    hook = model.model.embed_tokens.register_forward_hook(lambda m, i, o: shapes.append(tuple(i[0].shape)))
+    budgets = [2, 3, 3, 3, 12]  # the longest prompt (decoded first, as lm-eval orders) has the longest budget
+    reqs = [GenerationRequest(p, max_new_tokens=n) for p, n in zip(PROMPTS, budgets)]
+    try:
+        results = generate_batch(model, tokenizer, reqs, batch_size=2)
+    finally:
+        hook.remove()
+    decode = [b for b, t in shapes if t == 1]
+    assert len(decode) <= max(budgets) - 1 and max(b for b, _ in shapes) <= 2
+    assert decode.count(2) >= len(decode) - 2, "the second slot should be refilled while prompts wait"
+    for req, res in zip(reqs, results):
+        assert res.texts[0] == hf_greedy(model, tokenizer, req.context, req.max_new_tokens)
+        assert res.finish_reasons[0] in ("stop", "length") and 1 <= res.generated_tokens[0] <= req.max_new_tokens
 
 
 def test_sampling_is_seeded_and_independent_of_batching(tiny):
@@ -149,3 +172,57 @@ def test_left_truncation_keeps_the_end_of_a_long_prompt(tiny):
     ids = tokenizer(long_prompt)["input_ids"][-(512 - 8) :]
     out = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=8)
     assert got == tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+
+
+def _variant(attn: str = "sdpa", sliding_window: int | None = None):
+    """The tiny fixture's weights under another attention implementation or as a sliding-window Mistral."""
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    model, tokenizer = build_tiny_lm()
+    if sliding_window is None:
+        return AutoModelForCausalLM.from_config(model.config, attn_implementation=attn).eval(), tokenizer, model
+    cfg = model.config.to_dict()
+    for key in ("model_type", "architectures", "transformers_version"):
+        cfg.pop(key, None)
+    config = MistralConfig(**{**cfg, "sliding_window": sliding_window, "head_dim": 16})
+    other = AutoModelForCausalLM.from_config(config).eval()
+    other.load_state_dict(model.state_dict())
+    return other, tokenizer, model
+
+
+@pytest.mark.parametrize("attn,window", [("eager", None), ("sdpa", 6)], ids=["eager-slots", "sliding-static"])
+def test_greedy_equals_hf_generate_on_eager_and_sliding_window_models(attn, window):
+    """eager attention runs the slot cache with an additive mask; a sliding-window cache takes the static path."""
+    from layerprune.evaluation.generation import _continuous_ok
+
+    model, tokenizer, base = _variant(attn, window)
+    if window is None:
+        model.load_state_dict(base.state_dict())
+    assert _continuous_ok(model) == (window is None)
+    refs = [hf_greedy(model, tokenizer, p, 16) for p in PROMPTS[:5]]
+    results = generate_batch(model, tokenizer, [GenerationRequest(p, max_new_tokens=16) for p in PROMPTS[:5]], 2)
+    assert [r.texts[0] for r in results] == refs
+
+
+def test_repetition_penalty_of_the_generation_config_as_hf_generate(tiny):
+    model, tokenizer = tiny
+    model.generation_config.repetition_penalty = 1.3
+    model.generation_config.no_repeat_ngram_size = 3  # order-sensitive: applied per row on its exact ids
+    try:
+        refs = [hf_greedy(model, tokenizer, p) for p in PROMPTS]
+        results = generate_batch(model, tokenizer, [GenerationRequest(p, max_new_tokens=MAX_NEW) for p in PROMPTS], 3)
+    finally:
+        model.generation_config.repetition_penalty = 1.0
+        model.generation_config.no_repeat_ngram_size = 0
+    assert [r.texts[0] for r in results] == refs
+    assert refs != [hf_greedy(model, tokenizer, p) for p in PROMPTS], "the settings should change the text"
+
+
+def test_unsupported_generation_config_setting_is_a_usage_error(tiny):
+    model, tokenizer = tiny
+    model.generation_config.num_beams = 4
+    try:
+        with pytest.raises(UsageError, match="num_beams"):
+            generate_batch(model, tokenizer, [GenerationRequest("x", max_new_tokens=4)])
+    finally:
+        model.generation_config.num_beams = 1

@@ -4,21 +4,29 @@
 
 What it does, and how it lines up with lm-eval's `HFLM.generate_until` (0.4.13):
 
-* Each request becomes `num_samples` rows. Rows are sorted by prompt length, longest first (lm-eval's
-  `Collator` key `(-len(tokens), context)`), cut into batches of `batch_size`, and decoded with a
-  `DynamicCache` laid out left-padded. Each prompt is prefilled alone (see `_prefill`); the header that
+* Each request becomes `num_samples` rows, queued by prompt length, longest first (lm-eval's `Collator` key
+  `(-len(tokens), context)`). **Continuous batching**: up to `batch_size` rows decode together in the slots
+  of a preallocated cache (`slot_cache.py`: nothing is re-concatenated per step); a finished row leaves at
+  once and the next waiting prompt is prefilled into its slot, so a batch lasts as long as there is work,
+  not as long as its longest row. Joining prompts are prefilled together, right-padded; the header that
   every prompt of the call begins with (GSM8K's five shots) is prefilled once and its cache copied into each
-  prompt's. Results come back in request order.
+  joining row's. Results come back in request order.
 * Prompts are encoded like `HFLM.tok_batch_encode`: the tokenizer's default special tokens (BOS for
   Llama-style tokenizers) unless the context already starts with the BOS string; left-truncated to
   `max_length - max_new_tokens`.
+* The next token is chosen on the model's device for all rows at once (`decoding.py`): the checkpoint's
+  generation settings that `model.generate` would apply under lm-eval's call (repetition penalty, ...)
+  through transformers' own processors, then fp32 argmax for greedy rows, as `generate(do_sample=False)`;
+  sampled rows (`temperature > 0`) get temperature, top-k, top-p (the request's) and the checkpoint's other
+  warpers, and an inverse-CDF draw from one uniform per step of the row's own CPU generator, seeded by
+  `(request.seed, sample index)`: samples do not depend on batching.
 * A row finishes on an EOS id (the generation config's and the tokenizer's), on its own stop strings
   (`until` plus the tokenizer's EOS string, as lm-eval's `handle_stop_sequences`), or after
-  `max_new_tokens`. Finished rows are dropped from the batch and from the cache, so they cost nothing.
+  `max_new_tokens`; its result records why ("stop"/"length") and how many tokens it generated.
 * The text is `decode(new tokens, skip_special_tokens=True)` cut before the first stop string
-  (lm-eval's `postprocess_generated_text`). Greedy rows take the fp32 argmax, as `model.generate(do_sample=False)`.
-* Sampling (`temperature > 0`) applies temperature, top-k, top-p (transformers' warpers) and draws from a
-  per-row CPU generator seeded by `(request.seed, sample index)`, so samples do not depend on batching.
+  (lm-eval's `postprocess_generated_text`).
+* Models whose cache is not plain full attention (sliding windows, linear attention) or whose attention is
+  neither sdpa nor eager decode in static batches on transformers' `DynamicCache` (`_decode`), same choices.
 
 Equal to lm-eval at its default batch size 1. With a larger batch lm-eval keeps decoding rows whose stop
 string already appeared until the whole batch is done; the cut text is the same, except the rare row that
@@ -34,12 +42,15 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from transformers import DynamicCache, TopKLogitsWarper, TopPLogitsWarper
+from tqdm.auto import tqdm
+from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from layerprune.errors import UsageError
+from layerprune.evaluation.decoding import CheckpointSettings, Chooser, Plan
 from layerprune.evaluation.hf_backend import MIN_SHARED, resolve_max_length
 from layerprune.evaluation.requests import GenerationRequest, GenerationResult
+from layerprune.evaluation.slot_cache import SlotState, slot_cache
 
 STOP_LOOKBACK_EXTRA = 4  # tokens decoded beyond the longest stop string's own length (lm-eval uses 2)
 
@@ -53,16 +64,16 @@ class _Row:
     stops: tuple[str, ...]
     lookback: int  # how many trailing tokens to decode when looking for a stop string
     max_new_tokens: int
-    temperature: float
-    top_p: float
-    top_k: int
-    generator: torch.Generator | None
+    plan: Plan
+    uniforms: list[float] | None  # sampled rows: one draw per step from the row's own seeded generator
     out: list[int] = field(default_factory=list)
+    finish: str = "length"  # "stop": EOS id or stop string; "length": max_new_tokens
+    generated: int = 0  # tokens the model produced, an ending EOS included
 
 
 def generate_batch(
     model, tokenizer, requests: Sequence[GenerationRequest], batch_size: int = 8,
-    add_bos_token: bool | None = None, max_length: int | None = None,
+    add_bos_token: bool | None = None, max_length: int | None = None, progress: bool = False,
 ) -> list[GenerationResult]:
     """Answer generation requests in order; see the module docstring for the exact semantics.
 
@@ -71,20 +82,32 @@ def generate_batch(
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}; pass --batch-size 1 or more")
     max_length = max_length or resolve_max_length(model.config, tokenizer)
-    rows = _make_rows(tokenizer, requests, max_length, add_bos_token)
+    settings = CheckpointSettings.of(model, tokenizer)
+    chooser = Chooser(settings)
+    rows = _make_rows(tokenizer, requests, max_length, add_bos_token, chooser)
     order = sorted(range(len(rows)), key=lambda i: (-len(rows[i].prompt), requests[rows[i].request_index].context))
-    eos_ids = _eos_ids(model, tokenizer)
+    queue = [rows[i] for i in order]
+    eos_ids = set(settings.eos_ids)
     header = _Header.shared_by(rows, model)
-    for start in range(0, len(order), batch_size):
-        _decode([rows[i] for i in order[start : start + batch_size]], model, tokenizer, eos_ids, header)
-    texts: list[list[str]] = [[] for _ in requests]
+    bar = tqdm(total=len(rows), desc="generate", disable=not progress, leave=False)
+    with torch.inference_mode():
+        if _continuous_ok(model):
+            _Continuous(model, tokenizer, eos_ids, header, chooser, batch_size, bar).run(queue)
+        else:  # sliding-window / hybrid caches: static batches on transformers' own cache
+            for start in range(0, len(queue), batch_size):
+                _decode(queue[start : start + batch_size], model, tokenizer, eos_ids, chooser, header)
+                bar.update(len(queue[start : start + batch_size]))
+    bar.close()
+    per_request: list[list[_Row]] = [[] for _ in requests]
     for row in rows:  # rows are in request order, samples in index order
-        texts[row.request_index].append(_finish_text(tokenizer, row))
-    return [GenerationResult(texts=tuple(t)) for t in texts]
+        per_request[row.request_index].append(row)
+    return [GenerationResult(texts=tuple(_finish_text(tokenizer, r) for r in rs),
+                             finish_reasons=tuple(r.finish for r in rs),
+                             generated_tokens=tuple(r.generated for r in rs)) for rs in per_request]
 
 
 def _make_rows(tokenizer, requests: Sequence[GenerationRequest], max_length: int,
-               add_bos_token: bool | None) -> list[_Row]:
+               add_bos_token: bool | None, chooser: Chooser) -> list[_Row]:
     eos_text = tokenizer.eos_token
     rows = []
     for index, req in enumerate(requests):
@@ -97,16 +120,125 @@ def _make_rows(tokenizer, requests: Sequence[GenerationRequest], max_length: int
         prompt = _encode(tokenizer, req.context, add_bos_token)[-(max_length - req.max_new_tokens) :]
         stops = tuple(dict.fromkeys([s for s in req.until if s] + ([eos_text] if eos_text else [])))
         lookback = max((len(tokenizer.encode(s, add_special_tokens=False)) for s in stops), default=0)
+        plan = chooser.plan(req.temperature, req.top_p, req.top_k, len(prompt))
         for sample in range(req.num_samples):
-            generator = None
+            uniforms = None
             if req.temperature > 0:  # seed from (request seed, sample index): independent of batching
                 state = np.random.SeedSequence([req.seed, sample]).generate_state(1)[0]
                 generator = torch.Generator().manual_seed(int(state))
-            rows.append(
-                _Row(index, prompt, stops, lookback + STOP_LOOKBACK_EXTRA, req.max_new_tokens,
-                     req.temperature, req.top_p, req.top_k, generator)
-            )
+                uniforms = torch.rand(req.max_new_tokens, generator=generator, dtype=torch.float64).tolist()
+            rows.append(_Row(index, prompt, stops, lookback + STOP_LOOKBACK_EXTRA, req.max_new_tokens, plan, uniforms))
     return rows
+
+
+def _continuous_ok(model) -> bool:
+    """The slot cache serves plain full-attention layers under sdpa or eager attention."""
+    plain = all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
+    return plain and getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager")
+
+
+def _cache_kw(model) -> str:
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _choose(chooser: Chooser, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
+    """Next token of every row (see `Chooser.choose`); logits (b, V) fp32."""
+    uniforms = None
+    if any(r.uniforms is not None for r in rows):
+        uniforms = torch.tensor([r.uniforms[len(r.out)] if r.uniforms is not None else 0.0 for r in rows],
+                                dtype=logits.dtype, device=logits.device)
+
+    def history(index: list[int], exact: bool) -> torch.Tensor:
+        ids = [rows[j].prompt + rows[j].out for j in index]
+        width = max(len(x) for x in ids)
+        if not exact:  # padded with the row's own first id: order-free processors see the same id set
+            ids = [x + [x[0]] * (width - len(x)) for x in ids]
+        return torch.tensor(ids, device=logits.device)
+
+    return chooser.choose(logits, [r.plan for r in rows], uniforms, history).tolist()
+
+
+class _Continuous:
+    """Continuous batching over a `SlotState` cache: up to `batch_size` rows decode together; a finished row
+    leaves at once and the next waiting prompt (longest first) is prefilled into its slot."""
+
+    def __init__(self, model, tokenizer, eos_ids: set[int], header, chooser: Chooser, batch_size: int, bar):
+        self.model, self.tokenizer, self.eos_ids, self.header = model, tokenizer, eos_ids, header
+        self.chooser, self.batch_size, self.bar = chooser, batch_size, bar
+        self.cache_kw = _cache_kw(model)
+        self.additive = model.config._attn_implementation == "eager"
+
+    def run(self, queue: list[_Row]) -> None:
+        if not queue:
+            return
+        device = self.model.device
+        capacity = max(len(r.prompt) + r.max_new_tokens for r in queue)
+        state = SlotState(min(self.batch_size, len(queue)), capacity)
+        cache = slot_cache(self.model.config.get_text_config().num_hidden_layers, state)
+        active: list[_Row] = []  # active[i] lives in slot i
+        lengths: list[int] = []  # cached tokens per active row
+        pending = iter(queue)
+        waiting = len(queue)
+        logits = None  # (len(active), V) fp32: next-token logits of the active rows
+        while True:
+            fresh = []
+            while len(active) + len(fresh) < state.slots and waiting:
+                fresh.append(next(pending))
+                waiting -= 1
+            if fresh:
+                new_logits = self._prefill(fresh, cache, len(active))
+                active += fresh
+                lengths += [len(r.prompt) for r in fresh]
+                logits = new_logits if logits is None else torch.cat([logits, new_logits])
+            if not active:
+                return
+            tokens = _choose(self.chooser, logits, active)
+            done = [i for i, (row, tok) in enumerate(zip(active, tokens)) if _step(row, tok, self.tokenizer,
+                                                                                   self.eos_ids)]
+            for i in reversed(done):  # the last row moves into the freed slot: slots stay 0..n-1
+                last = len(active) - 1
+                if i != last:
+                    for layer in cache.layers:
+                        layer.move(last, i, lengths[last])
+                    active[i], lengths[i], tokens[i] = active[last], lengths[last], tokens[last]
+                active.pop(), lengths.pop(), tokens.pop()
+            self.bar.update(len(done))
+            if not active:
+                logits = None
+                if not waiting:
+                    return
+                continue
+            state.begin_step(lengths, device)
+            mask = state.mask(self.model.dtype, self.additive)
+            out = self.model(input_ids=torch.tensor(tokens, device=device)[:, None], attention_mask=mask,
+                             position_ids=state.write[:, None], use_cache=True, logits_to_keep=1,
+                             **{self.cache_kw: cache})
+            logits = out.logits[:, -1, :].float()  # (n, V) fp32, as HF generate
+            lengths = [n + 1 for n in lengths]
+
+    def _prefill(self, rows: list[_Row], cache, first_slot: int) -> torch.Tensor:
+        """The joining prompts in one batch, right-padded: causal attention keeps every real position exact
+        (a real token never sees the pads after it), so no pad enters a kept key or logit. With a header, the
+        batch starts from copies of its cache and runs only each prompt's own tokens. Each row's keys/values
+        go to its slot. Returns the last prompt position's logits, (len(rows), V) fp32."""
+        device, skip = self.model.device, len(self.header.tokens) if self.header is not None else 0
+        own = [r.prompt[skip:] for r in rows]
+        width = max(len(x) for x in own)
+        ids = torch.tensor([x + [x[-1]] * (width - len(x)) for x in own], device=device)  # (k, width)
+        if self.header is not None:
+            past = self.header.cache()
+            past.batch_repeat_interleave(len(rows))  # (k, kv_heads, header, head_dim) per layer
+        else:
+            past = DynamicCache(config=self.model.config)
+        last = sorted({len(x) - 1 for x in own})
+        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=torch.tensor(last, device=device),
+                         **{self.cache_kw: past})
+        column = {pos: c for c, pos in enumerate(last)}
+        logits = torch.stack([out.logits[k, column[len(x) - 1]] for k, x in enumerate(own)]).float()  # (k, V)
+        for layer, src in zip(cache.layers, past.layers):
+            for k, row in enumerate(rows):
+                layer.load(first_slot + k, src.keys[k, :, : len(row.prompt)], src.values[k, :, : len(row.prompt)])
+        return logits
 
 
 def _encode(tokenizer, context: str, add_bos_token: bool | None) -> list[int]:
@@ -122,15 +254,6 @@ def _encode(tokenizer, context: str, add_bos_token: bool | None) -> list[int]:
         prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         ids = [prefix]
     return list(ids)
-
-
-def _eos_ids(model, tokenizer) -> set[int]:
-    gen_cfg = getattr(model, "generation_config", None)
-    ids = getattr(gen_cfg, "eos_token_id", None) if gen_cfg is not None else None
-    ids = set([ids] if isinstance(ids, int) else ids or [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
 
 
 class _Header:
@@ -160,7 +283,8 @@ class _Header:
         return copy.deepcopy(self._cache)
 
 
-def _decode(rows: list[_Row], model, tokenizer, eos_ids: set[int], header: _Header | None = None) -> None:
+def _decode(rows: list[_Row], model, tokenizer, eos_ids: set[int], chooser: Chooser,
+            header: _Header | None = None) -> None:
     """Decode one batch until every row is finished; finished rows leave the batch and the cache."""
     device = model.device
     width = max(len(r.prompt) for r in rows)
@@ -174,7 +298,7 @@ def _decode(rows: list[_Row], model, tokenizer, eos_ids: set[int], header: _Head
     with torch.inference_mode():
         logits, cache = _prefill(rows, model, mask, positions, cache_kw, header)  # (B, V) fp32, last prompt token
         while True:
-            next_ids = _choose(logits, active).tolist()
+            next_ids = _choose(chooser, logits, active)
             keep = [j for j, (row, tok) in enumerate(zip(active, next_ids)) if not _step(row, tok, tokenizer, eos_ids)]
             if not keep:
                 break
@@ -228,26 +352,18 @@ def _prefill(rows: list[_Row], model, mask: torch.Tensor, positions: torch.Tenso
     return torch.stack(logits), DynamicCache(ddp_cache_data=merged, config=model.config)
 
 
-def _choose(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
-    """Next token per row: fp32 argmax for greedy rows, a seeded draw for sampling rows. logits: (b, V)."""
-    chosen = logits.argmax(dim=-1).cpu()  # (b,)
-    for j, row in enumerate(rows):
-        if row.temperature > 0:
-            scores = logits[j : j + 1].cpu() / row.temperature  # (1, V)
-            if row.top_k > 0:
-                scores = TopKLogitsWarper(row.top_k)(None, scores)
-            if row.top_p < 1.0:
-                scores = TopPLogitsWarper(row.top_p)(None, scores)
-            chosen[j] = torch.multinomial(scores.softmax(dim=-1), 1, generator=row.generator)[0, 0]
-    return chosen
-
-
 def _step(row: _Row, token: int, tokenizer, eos_ids: set[int]) -> bool:
     """Append `token` to the row; True when the row is finished."""
+    row.generated += 1
     if token in eos_ids:
+        row.finish = "stop"
         return True
     row.out.append(token)
     if len(row.out) >= row.max_new_tokens:
+        row.finish = "length"  # unless the text also holds a stop string (below)
+        text = tokenizer.decode(row.out, skip_special_tokens=False)
+        if any(stop in text for stop in row.stops):
+            row.finish = "stop"
         return True
     # cheap check on the last few tokens (as lm-eval's MultiTokenEOSCriteria), confirmed on the whole text
     # so that a tokenizer's odd decoding of a cut-off tail can never end a row early
@@ -255,7 +371,10 @@ def _step(row: _Row, token: int, tokenizer, eos_ids: set[int]) -> bool:
     if not any(stop in tail for stop in row.stops):
         return False
     text = tokenizer.decode(row.out, skip_special_tokens=False)
-    return any(stop in text for stop in row.stops)
+    if any(stop in text for stop in row.stops):
+        row.finish = "stop"
+        return True
+    return False
 
 
 def _finish_text(tokenizer, row: _Row) -> str:

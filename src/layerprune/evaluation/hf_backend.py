@@ -88,8 +88,11 @@ class HFBackend:
 
     def info(self) -> dict:
         """What the scores depend on, for results.json."""
+        from layerprune.evaluation.decoding import CheckpointSettings
+
         return {"adds_bos": self.adds_bos, "prefix_token_id": self.prefix_token_id,
-                "max_length": self.max_length, "batch_size": self.batch_size, "softmax_dtype": "float32"}
+                "max_length": self.max_length, "batch_size": self.batch_size, "softmax_dtype": "float32",
+                "generation_config": CheckpointSettings.of(self.model, self.tokenizer, strict=False).record()}
 
     # ---- tokenization (HFLM.tok_encode / TemplateLM._encode_pair) ----
 
@@ -213,7 +216,7 @@ class HFBackend:
         from layerprune.evaluation.generation import generate_batch  # written alongside; imported late
 
         return generate_batch(self.model, self.tokenizer, list(requests), self.batch_size,
-                              add_bos_token=self.add_bos_token, max_length=self.max_length)
+                              add_bos_token=self.add_bos_token, max_length=self.max_length, progress=self.progress)
 
 
 def _score(logits: torch.Tensor, cont: list[int]) -> LoglikelihoodResult:

@@ -45,6 +45,10 @@ class GenerationRequest:
 @dataclass(frozen=True)
 class GenerationResult:
     texts: tuple[str, ...] = field(default_factory=tuple)
+    # per sample, when the backend knows them (else empty): "stop" (an EOS id or a stop string ended it) or
+    # "length" (max_new_tokens reached), and how many tokens the model generated (an ending EOS included)
+    finish_reasons: tuple[str, ...] = field(default_factory=tuple)
+    generated_tokens: tuple[int, ...] = field(default_factory=tuple)
 
 
 class Backend(Protocol):
