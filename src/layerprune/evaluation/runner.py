@@ -99,7 +99,8 @@ def run_task(task, backend, opts: TaskOptions) -> tuple[dict[str, Any], list[dic
     for i, (doc, reqs, res) in enumerate(zip(docs, per_doc, answers)):
         scores = task.score(doc, reqs, res, opts)
         metrics.append(scores)
-        rows.append({"doc_id": i, **task.record(doc, reqs, res, opts), **scores, "doc": doc})
+        prompt = {"context": reqs[0].context} if isinstance(reqs[0], GenerationRequest) else {}
+        rows.append({"doc_id": i, **prompt, **task.record(doc, reqs, res, opts), **scores, "doc": doc})
     return aggregate(metrics), rows
 
 
