@@ -117,7 +117,8 @@ def test_generative_tasks_equal_lm_eval(chat_model, tmp_path):
                     assert mine[f"exact_match,{f}"] == s["exact_match"], (task, f)
             else:  # lm-eval's filtered program + its test reference = the program code_eval would run
                 s = theirs[next(iter(theirs))]
-                program = s["filtered_resps"][0] + "\n" + s["target"]
+                built = s["filtered_resps"][0]
+                program = (built[0] if isinstance(built, list) else built) + "\n" + s["target"]
                 task_obj = get_task(task)
                 assert task_obj.program(mine["doc"], mine["resps"][0]) == program
                 passed = run_programs([program])[0].status == "passed"
