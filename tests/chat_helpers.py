@@ -30,7 +30,7 @@ def tiny_chat_model(name: str, hidden: int = 16, layers: int = 2, seed: int = 0,
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    path = MODELS_DIR / name
+    path = Path(name) if Path(name).is_dir() else MODELS_DIR / name
     tok = AutoTokenizer.from_pretrained(path)
     config = AutoConfig.from_pretrained(path)
     config.update({"hidden_size": hidden, "intermediate_size": hidden * 2, "num_hidden_layers": layers,
