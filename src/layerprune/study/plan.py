@@ -64,10 +64,10 @@ def make_plan(cfg: StudyConfig) -> Plan:
     for m in cfg.models:
         src = b.add("model", f"model {m.name}", {"model": m.model_dump(exclude={"name"})})
         L = _num_layers(m)
+        prompt = _prompt_params(m)  # one prompt rendering for scoring (task_iterative) and every evaluation
 
         def evaluate(model_step: str, what: str) -> str:
-            return b.add("eval", f"eval {what}", {"eval": ev, "chat_template": m.chat_template,
-                                                  "system_prompt": m.system_prompt, "seed": cfg.seed}, (model_step,))
+            return b.add("eval", f"eval {what}", {"eval": ev, **prompt, "seed": cfg.seed}, (model_step,))
 
         def speed(model_step: str, what: str) -> str | None:
             if not cfg.speed.enabled:
@@ -82,7 +82,8 @@ def make_plan(cfg: StudyConfig) -> Plan:
             score = b.add("score", f"score {m.name}/{criterion}", {
                 "method": criterion, "num_drop": [n for n, _ in sizes], "protected": cfg.pruning.protected,
                 "calibration": cfg.pruning.calibration.model_dump(), "seed": cfg.seed,
-                "options": cfg.pruning.options.get(criterion, {})}, (src,))
+                "options": cfg.pruning.options.get(criterion, {}),
+                **(prompt if criterion == "task_iterative" else {})}, (src,))
             for n, ratio in sizes:
                 tag = f"{m.name}/{criterion}/n{n}"
                 pruned = b.add("prune", f"prune {tag}", {"num_drop": n}, (src, score))
@@ -98,6 +99,14 @@ def make_plan(cfg: StudyConfig) -> Plan:
                     variants.append(_variant(m.name, criterion, n, ratio, arm.label,
                                              evaluate(healed, f"{tag}/{arm.label}"), sp, L))
     return Plan(tuple(b.steps.values()), tuple(variants))
+
+
+def _prompt_params(m: ModelConfig) -> dict[str, Any]:
+    """How the model's prompts are rendered (fewshot_as_multiturn only when set, so older step ids stay)."""
+    out = {"chat_template": m.chat_template, "system_prompt": m.system_prompt}
+    if m.fewshot_as_multiturn is not None:
+        out["fewshot_as_multiturn"] = m.fewshot_as_multiturn
+    return out
 
 
 def _variant(model, criterion, n, ratio, arm, eval_id, speed_id, L) -> dict[str, Any]:

@@ -63,7 +63,7 @@ def _blocks(s: dict, cfg: dict, root: Path) -> list[Block]:
              _pct(r["retention"]["value"]), _ci(r["retention"]),
              _pct(r["recovery"]["value"]) if "recovery" in r else "", _ci(r["recovery"]) if "recovery" in r else ""]
             for r in s["retention"]])]
-    b += [("h", 2, "Per-task scores")] + _task_tables(s)
+    b += [("h", 2, "Per-task scores")] + _task_tables(s, cfg)
     b += [("h", 2, "Healing gain by arm")] + _figure(s, "healing_gain", models, root, "No healing arms were run.")
     b += [("h", 2, "Diagnostics vs. ratio"),
           ("p", "Means over generative documents: Rep-n (repeated n-grams, %), within-response Self-BLEU-4, share "
@@ -98,17 +98,25 @@ def _figure(s: dict, name: str, models: list[str], root: Path, empty: str | None
     return out or ([("p", empty)] if empty else [])
 
 
-def _task_tables(s: dict) -> list[Block]:
+def _task_tables(s: dict, cfg: dict | None = None) -> list[Block]:
+    from layerprune.evaluation.tasks.instruct import INSTRUCT_VARIANT
+
     out = []
+    chat = {m.get("name") for m in (cfg or {}).get("models", []) if m.get("chat_template")}
     for model in sorted({v["model"] for v in s["tasks"]}):
         rows = [v for v in s["tasks"] if v["model"] == model]
         tasks = sorted({t for v in rows for t in v["scores"]})
-        head = ["criterion", "n", "healing"] + [f"{t} ({rows[0]['scores'][t]['metric']})" if t in rows[0]["scores"] else t
-                                                for t in tasks]
+        marked = [t for t in tasks if model in chat and t in INSTRUCT_VARIANT]  # base-style prompt, chat model
+        head = ["criterion", "n", "healing"] + [
+            (f"{t} ({rows[0]['scores'][t]['metric']})" if t in rows[0]["scores"] else t) + (" †" if t in marked else "")
+            for t in tasks]
         body = [[v["criterion"] or "baseline", v["num_drop"], v["arm"]] +
                 [_pct(v["scores"][t]["value"]) if t in v["scores"] else "" for t in tasks]
                 for v in sorted(rows, key=lambda v: (v["criterion"] is not None, str(v["criterion"]), v["num_drop"], v["arm"]))]
         out += [("h", 3, model), ("table", head, body)]
+        if marked:
+            out.append(("p", "† base-style completion prompt under a chat template; an instruct model's prose and "
+                             "fenced code defeat its stops: use " + ", ".join(INSTRUCT_VARIANT[t] for t in marked) + "."))
     return out
 
 

@@ -131,3 +131,16 @@ TASKS = {
     "mbpp_plus_instruct": lambda: InstructCodeTask("mbpp", plus=True),
     "gsm8k_cot_llama": GSM8KCotLlama,
 }
+
+
+def chat_task_warnings(models, tasks) -> list[str]:
+    """One line per (chat-template model, base-style completion task): lm-eval runs it, but an instruct model
+    answers in prose and fenced code that the base task's stops and program do not expect."""
+    out = []
+    for m in models:
+        if getattr(m, "chat_template", False):
+            for t in tasks:
+                if t in INSTRUCT_VARIANT:
+                    out.append(f"warning: model {m.name} uses its chat template but task {t} is a base-style "
+                               f"completion prompt; use {INSTRUCT_VARIANT[t]} for instruct models")
+    return out
