@@ -53,6 +53,12 @@ def evaluate(model_or_path, tasks: str | Sequence[str], opts: TaskOptions | None
     _check_options(opts, batch_size)
     resolved = [get_task(name) for name in names]  # unknown names fail before the model loads
     start = time.perf_counter()
+    if opts.chat_template and tokenizer is None and isinstance(model_or_path, (str, Path)):
+        from layerprune.loading import check_model_source, load_tokenizer
+
+        check_model_source(str(model_or_path))
+        tokenizer = load_tokenizer(str(model_or_path))  # a missing chat template fails before the weights load
+        chat_renderer(tokenizer, str(model_or_path), opts.system_prompt)
     if backend is None or model_or_path is not None:
         model, tokenizer, source = _load(model_or_path, tokenizer, dtype, device)
     else:
