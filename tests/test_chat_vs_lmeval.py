@@ -11,6 +11,7 @@ needs a hub download, so the programs its filter builds are compared with ours a
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -119,8 +120,13 @@ def test_generative_tasks_equal_lm_eval(chat_model, tmp_path):
                 s = theirs[next(iter(theirs))]
                 built = s["filtered_resps"][0]
                 program = (built[0] if isinstance(built, list) else built) + "\n" + s["target"]
-                task_obj = get_task(task)
-                assert task_obj.program(mine["doc"], mine["resps"][0]) == program
+                resp = mine["resps"][0]
+                ours_program = get_task(task).program(mine["doc"], resp)
+                if task == "mbpp_instruct" and re.match(r"\w+(?!\w|\n)", resp):
+                    # lm-eval 0.4.13 eats the first word of such code (instruct.py `_FENCED`); we keep it
+                    assert ours_program.startswith(re.match(r"\w+", resp).group()) and ours_program != program
+                    continue
+                assert ours_program == program
                 passed = run_programs([program])[0].status == "passed"
                 assert mine["pass@1"] == float(passed)
     assert wrote, "the tiny model should write something"

@@ -41,6 +41,8 @@ class Replay:
         for req in requests:
             self.prompts.append(req.context)
             reply = next(text for key, text in self.answers if key in req.context)
+            if not req.context.endswith("\n"):  # a chat template's continue_final_message strips gen_prefix's
+                reply = "\n" + reply           # trailing newline; the model writes it first
             cuts = [reply.find(s) for s in req.until if s and reply.find(s) >= 0]
             out.append(GenerationResult(((reply[: min(cuts)] if cuts else reply),) * req.num_samples))
         return out
@@ -174,3 +176,14 @@ def test_system_prompt_rejected_by_template_is_one_line_error():
     res = evaluate(model, "mmlu_anatomy", TaskOptions(data_dir=DATA_DIR, limit=1, chat_template=True),
                    tokenizer=tok, progress=False)
     assert res["results"]["mmlu_anatomy"]["n"] == 1
+
+
+def test_mbpp_code_extraction_keeps_the_first_word():
+    """lm-eval's extract_code_blocks, except that code right after gen_prefix's fence keeps its first word."""
+    from layerprune.evaluation.tasks.instruct import extract_code_block
+
+    assert extract_code_block("def f(x):\n    return x\n```\nExplanation") == "def f(x):\n    return x"
+    assert extract_code_block("\nimport re\nx = 1\n```") == "import re\nx = 1"
+    assert extract_code_block("python\nx = 1\n```") == "x = 1"  # a language tag on its own line
+    assert extract_code_block("Sure!\n```python\nx = 2\n```") == "Sure!"  # as lm-eval: the prefix's fence is open
+    assert extract_code_block("no fence at all") == ""

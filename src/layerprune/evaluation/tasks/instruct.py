@@ -12,7 +12,9 @@ or a completion-style few-shot prompt, which an instruct model answers with pros
   programmer, and here is your task:\\n{text}\\nYour code should pass these tests:\\n{3 asserts}", answers
   "\\n```python\\n{code}\\n```", gen_prefix "\\n```python\\n", target delimiter "", no stop string but EOS,
   256 tokens. Program: lm-eval's extract_code_blocks (the first fenced block of "```" + generation), then
-  the three asserts.
+  the three asserts; one deliberate difference: lm-eval 0.4.13's regex eats the first word of code that
+  starts right after the prefix's fence (every such answer fails there); here the language tag must end its
+  line, so `def f(x): ...` stays intact. Everything else extracts exactly as lm-eval does.
 * mbpp_plus_instruct: 0-shot over MBPP+ rows, "{prompt} Your code should satisfy the following
   assertion:\\n{test_list[0]}", gen_prefix "Here is a solution to this programming problem:\\n```python\\n",
   1024 tokens. The extracted program runs the EvalPlus tests, as our mbpp_plus does (lm-eval runs only
@@ -42,7 +44,10 @@ LLAMA_TEXT = ("Given the following problem, reason and give a final answer to th
               'Your response should end with "The final answer is [answer]" where [answer] is the response to the '
               "problem.\n")
 LLAMA_STRICT = r"The final answer is ((-?[$0-9.,]{2,})|(-?[0-9]+))"
-_FENCED = re.compile(r"```(?:\w+)?\n?(.*?)\n?```", re.DOTALL)
+# lm-eval's pattern is ```(?:\w+)?\n?(.*?)\n?``` : its optional language tag also swallows the first word of code
+# that follows gen_prefix's fence directly ("def f(x):" → " f(x):", a SyntaxError, so every such answer scores
+# 0; lm-evaluation-harness PRs #3710/#3769/#4091, open). Here the tag must end the line; otherwise identical.
+_FENCED = re.compile(r"```(?:\w+(?=\n))?\n?(.*?)\n?```", re.DOTALL)
 
 # base-style completion task → its instruct variant (studies warn when a chat model runs the former)
 INSTRUCT_VARIANT = {"humaneval": "humaneval_instruct", "humaneval_plus": "humaneval_plus_instruct",
@@ -56,7 +61,8 @@ def mbpp_instruct_text(doc: dict[str, Any]) -> str:
 
 
 def extract_code_block(text: str) -> str:
-    """lm-eval mbpp utils.extract_code_blocks: the first fenced block, the opening fence being in gen_prefix."""
+    """lm-eval mbpp utils.extract_code_blocks (the first fenced block, the opening fence being in gen_prefix),
+    without its first-word bug (see `_FENCED`)."""
     matches = _FENCED.findall("```" + text)
     if not matches:
         matches = _FENCED.findall(re.sub(r"```python", "```", text))
