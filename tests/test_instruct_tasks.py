@@ -107,6 +107,7 @@ def test_gsm8k_cot_llama_reads_final_answer_and_boxed(chat_tok):
     assert backend.prompts[0].count("The final answer is") == 8 * 2 + 1  # instruction + answer per shot
 
 
+@pytest.mark.slow
 @needs_data
 def test_task_iterative_scores_on_the_prompts_eval_uses(chat_tok, tmp_path, monkeypatch):
     """task_iterative evaluates candidates through the same runner with the model's chat settings: the
@@ -127,7 +128,7 @@ def test_task_iterative_scores_on_the_prompts_eval_uses(chat_tok, tmp_path, monk
     monkeypatch.setattr(hf_backend.HFBackend, "loglikelihood", spy)
     score(model, chat_tok, "task_iterative", num_drop=1, options={
         "tasks": "arc_easy", "samples": 3, "data_dir": str(DATA_DIR), "chat_template": True,
-        "system_prompt": "Answer briefly."}, progress=False)
+        "system_prompt": "Answer briefly."}, protected=list(range(10)), progress=False)  # 2 candidates: quick
     scored = set(seen)
     seen.clear()
     out = tmp_path / "eval"
