@@ -188,3 +188,21 @@ def test_mbpp_code_extraction_keeps_the_first_word():
     assert extract_code_block("python\nx = 1\n```") == "x = 1"  # a language tag on its own line
     assert extract_code_block("Sure!\n```python\nx = 2\n```") == "Sure!"  # as lm-eval: the prefix's fence is open
     assert extract_code_block("no fence at all") == ""
+
+
+def test_study_warns_and_report_marks_base_code_tasks_under_chat(tmp_path, capsys):
+    from layerprune.study.report import _task_tables
+
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text("name: chat\nmodels:\n  - name: m\n    tiny: {family: llama, layers: 4}\n    chat_template: true\n"
+                   "pruning: {criteria: [reverse], num_drop: [1]}\neval:\n  tasks: [arc_easy, humaneval, mbpp_instruct]\n")
+    assert main(["validate", str(cfg)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["warning: model m uses its chat template but task humaneval is a base-style completion prompt; "
+                   "use humaneval_instruct for instruct models"]
+    rows = [{"model": "m", "criterion": None, "num_drop": 0, "arm": "none",
+             "scores": {t: {"metric": "pass@1", "value": 0.5} for t in ("humaneval", "mbpp_instruct")}}]
+    blocks = _task_tables({"tasks": rows}, {"models": [{"name": "m", "chat_template": True}]})
+    table = next(b for b in blocks if b[0] == "table")
+    assert table[1][3:] == ["humaneval (pass@1) †", "mbpp_instruct (pass@1)"]
+    assert any(b[0] == "p" and "humaneval_instruct" in b[1] for b in blocks)
