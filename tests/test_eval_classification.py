@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+
+from layerprune.evaluation.chat import chat_renderer
 import torch
 import torch.nn.functional as F
 
@@ -173,8 +175,7 @@ def test_chat_template_wraps_prompt_and_drops_delimiter(tiny, data_dir):
     try:
         task = get_task("arc_easy")
         opts = TaskOptions(data_dir=data_dir, chat_template=True, system_prompt="Be brief.",
-                           chat_renderer=lambda msgs: tok.apply_chat_template(msgs, tokenize=False,
-                                                                              add_generation_prompt=True))
+                           chat_renderer=chat_renderer(tok))
         doc = task.load_docs(opts)[0]
         reqs = task.requests(0, doc, opts)
     finally:

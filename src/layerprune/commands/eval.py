@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from layerprune.commands._args import add_load_arguments
+from layerprune.errors import UsageError
 from layerprune.evaluation.runner import evaluate
 from layerprune.evaluation.tasks.base import TaskOptions
 
@@ -21,8 +22,13 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, default=1234, help="few-shot sampling and generation seed (default 1234)")
     p.add_argument("--data-dir", help="local benchmark data (default $LAYERPRUNE_DATA or ../shared/data); "
                                       "'hub' loads lm-eval's datasets from the Hugging Face hub")
-    p.add_argument("--chat-template", action="store_true", help="wrap prompts in the tokenizer's chat template")
-    p.add_argument("--system-prompt", help="system prompt (chat) or text prepended to every prompt")
+    p.add_argument("--chat-template", action="store_true",
+                   help="render prompts with the tokenizer's chat template, as lm_eval --apply_chat_template")
+    p.add_argument("--fewshot-as-multiturn", nargs="?", const="true", default=None, metavar="true|false",
+                   help="few-shot examples as user/assistant turns (default under --chat-template, as lm-eval's "
+                        "CLI); 'false' puts them in one user message")
+    p.add_argument("--system-prompt", help="system prompt (chat; lm-eval's --system_instruction) or text "
+                                           "prepended to every prompt")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="generation length limit (default: the task's own, as lm-eval: 256, humaneval 1024)")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
@@ -40,6 +46,7 @@ def run(args) -> int:
     opts = TaskOptions(
         data_dir=args.data_dir, num_fewshot=args.num_fewshot, limit=args.limit, seed=args.seed,
         chat_template=args.chat_template, system_prompt=args.system_prompt, max_new_tokens=args.max_new_tokens,
+        fewshot_as_multiturn=parse_bool_flag("--fewshot-as-multiturn", args.fewshot_as_multiturn),
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, num_samples=args.num_samples,
         allow_weaker_sandbox=args.allow_weaker_sandbox)
     result = evaluate(args.model, args.tasks, opts, out_dir=args.out, batch_size=args.batch_size,
@@ -51,3 +58,13 @@ def run(args) -> int:
     if args.out:
         print(f"wrote {args.out / 'results.json'}")
     return 0
+
+
+def parse_bool_flag(flag: str, value: str | None) -> bool | None:
+    if value is None:
+        return None
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise UsageError(f"{flag} takes true or false, got {value!r}")

@@ -38,6 +38,9 @@ def add_scoring_arguments(p, required: bool = True):
     p.add_argument("--batch-size", type=int, default=4, help="calibration windows per forward pass (default 4)")
     p.add_argument("--tasks", default=None, help="task_iterative only: comma-separated evaluation tasks")
     p.add_argument("--task-samples", type=int, default=None, help="task_iterative only: documents per task")
+    p.add_argument("--chat-template", action="store_true", default=None,
+                   help="task_iterative only: score on chat-template prompts, exactly as `eval --chat-template`")
+    p.add_argument("--system-prompt", default=None, help="task_iterative only: the system prompt, as in `eval`")
 
 
 def _list_of(kind):
@@ -51,7 +54,9 @@ def _list_of(kind):
 
 
 def scoring_kwargs(args) -> dict:
-    options = {k: v for k, v in (("tasks", args.tasks), ("samples", args.task_samples)) if v is not None}
+    options = {k: v for k, v in (("tasks", args.tasks), ("samples", args.task_samples),
+                                 ("chat_template", getattr(args, "chat_template", None)),
+                                 ("system_prompt", getattr(args, "system_prompt", None))) if v is not None}
     return dict(num_drop=args.num_drop, ratio=args.ratio, calibration=args.calibration, protected=args.protect,
                 seed=args.seed, seq_len=args.seq_len, num_samples=args.num_samples, text_field=args.text_field,
                 split=args.split, bos=args.bos, post_norm=args.post_norm, batch_size=args.batch_size,

@@ -3,6 +3,7 @@
 import sys
 from pathlib import Path
 
+from layerprune.evaluation.tasks.instruct import chat_task_warnings
 from layerprune.study.config import load_study_config
 from layerprune.study.execute import StudyFailed, run_study
 from layerprune.study.report import make_report
@@ -20,6 +21,8 @@ def add_arguments(p):
 
 def run(args) -> int:
     cfg = load_study_config(args.config)
+    for line in chat_task_warnings(cfg.models, cfg.eval.tasks):
+        print(line, file=sys.stderr)
     failure = None
     try:
         run_study(cfg, args.root, base_dir=Path(args.config).resolve().parent, dry_run=args.dry_run)

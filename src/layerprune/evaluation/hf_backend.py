@@ -10,7 +10,8 @@ Speed comes from **prefix sharing**. The requests of one question (same `group`,
 share their first `p` input tokens: those run once, and only the last prefix position's logits are
 computed. The cache is then copied to one row per choice and the remaining tokens of every choice run
 in one batch on top of it. Single-token choices (MMLU " A"…" D", BoolQ " no"/" yes") cost one prefix
-pass and nothing more. Log-softmax runs in fp32 over the scored positions only.
+pass and nothing more. Log-softmax runs in fp32 over the scored positions only; for a bf16/fp16 model the
+output layer of those positions runs in fp32 too (lm-eval rounds the logits to the model's dtype first).
 
 A second level shares what *questions* have in common: when every group of a batch starts with the same
 `MIN_SHARED`+ tokens (MMLU's subject header and five dev shots, ~85% of each prompt), those run once, their
@@ -92,7 +93,8 @@ class HFBackend:
 
         return {"adds_bos": self.adds_bos, "prefix_token_id": self.prefix_token_id,
                 "max_length": self.max_length, "batch_size": self.batch_size, "softmax_dtype": "float32",
-                "generation_config": CheckpointSettings.of(self.model, self.tokenizer, strict=False).record()}
+                "generation_config": CheckpointSettings.of(self.model, self.tokenizer, strict=False).record(),
+                "head_dtype": "float32" if self._head is not None else str(next(self.model.parameters()).dtype)}
 
     # ---- tokenization (HFLM.tok_encode / TemplateLM._encode_pair) ----
 
@@ -157,9 +159,14 @@ class HFBackend:
         c, cache = self._shared_cache(chunk)  # the first c positions are already in `cache`, one row per group
         keep = torch.tensor([pos - c for pos in last], device=self.device)
         kwargs = {self._cache_kw: cache} if cache is not None else {}
-        out = self.model(input_ids=prefix[:, c:], use_cache=True, logits_to_keep=keep, **kwargs)
         col = {pos: k for k, pos in enumerate(last)}
-        first = [out.logits[g, col[p - 1]][None] for g, p in enumerate(plens)]  # G × [1, V]: position plen-1
+        if self._head is None:
+            out = self.model(input_ids=prefix[:, c:], use_cache=True, logits_to_keep=keep, **kwargs)
+            first = [out.logits[g, col[p - 1]][None] for g, p in enumerate(plens)]  # G × [1, V]: position plen-1
+        else:  # the head on the kept positions only, in fp32 for a half-precision model
+            out = self.model.base_model(input_ids=prefix[:, c:], use_cache=True, **kwargs)
+            kept = self._logits(out.last_hidden_state[:, keep])  # [G, len(keep), V]
+            first = [kept[g, col[p - 1]][None] for g, p in enumerate(plens)]
         rows = [(g, s) for g, grp in enumerate(chunk) for s in grp.items]
         cache = out.cache if hasattr(out, "cache") else out.past_key_values  # transformers ≥5 / 4.x
         rest = self._suffix_logits(rows, plens, cache, width)  # N × [suffix length, V]
@@ -207,8 +214,18 @@ class HFBackend:
             return [logits[r, :n] if n else None for r, n in enumerate(lengths)]
         hidden = self.model.base_model(**kwargs).last_hidden_state  # [N, S, H]
         real = torch.arange(span, device=self.device)[None, :] < torch.tensor(lengths, device=self.device)[:, None]
-        logits = self._head(hidden[real])  # [T, V]: T real positions, row-major
+        logits = self._logits(hidden[real])  # [T, V]: T real positions, row-major
         return [chunk if len(chunk) else None for chunk in logits.split(lengths)]
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """lm_head(hidden) [..., V]. For a bf16/fp16 model the product runs in fp32 on the (half-precision)
+        final hidden state: scored logits are not rounded to 8 (bf16) mantissa bits before the fp32
+        log-softmax, which keeps per-choice log-likelihoods closer to an fp32 forward than lm-eval's."""
+        if hidden.dtype not in (torch.bfloat16, torch.float16):
+            return self._head(hidden)
+        weight = self._head.weight.float()  # [V, H]; one fp32 copy per call, freed after
+        bias = self._head.bias.float() if getattr(self._head, "bias", None) is not None else None
+        return torch.nn.functional.linear(hidden.float(), weight, bias)
 
     # ---- generation ----
 

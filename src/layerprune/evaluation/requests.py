@@ -7,12 +7,29 @@ Two kinds, as in lm-eval:
   token is the argmax.
 * `GenerationRequest(context, until, max_new_tokens, ...)` → `GenerationResult(texts)`: one string per
   sample, cut at the first stop string (the stop string itself removed).
+
+The public backend protocol (`Backend`): any object with `loglikelihood(requests)` and `generate(requests)`,
+each taking a list of requests and returning one result per request, in order. `HFBackend` is one; other
+engines and test doubles plug in without touching tasks:
+
+    class Canned:
+        def loglikelihood(self, requests):
+            return [LoglikelihoodResult(-len(r.continuation), False) for r in requests]
+
+        def generate(self, requests):
+            return [GenerationResult(("The final answer is 18",) * r.num_samples) for r in requests]
+
+    evaluate(None, ["gsm8k_cot_llama"], TaskOptions(limit=5), tokenizer=tok, backend=Canned())
+
+Prompts arrive fully rendered (`context` already holds the chat template, system prompt and gen_prefix), so
+a backend only tokenizes (lm-eval's rules: `HFBackend.encode_pair`, `generation._encode`) and runs the model.
+A backend may offer `info() -> dict`, recorded as `backend` in results.json.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol, Sequence, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -51,6 +68,7 @@ class GenerationResult:
     generated_tokens: tuple[int, ...] = field(default_factory=tuple)
 
 
+@runtime_checkable
 class Backend(Protocol):
     """Answers requests in order; batching, caching and prefix sharing are the backend's business."""
 

@@ -28,9 +28,10 @@ from tqdm.auto import tqdm
 
 from layerprune import provenance
 from layerprune.errors import UsageError
+from layerprune.evaluation.chat import chat_renderer, check_chat_options
 from layerprune.evaluation.data import resolve_data_dir
 from layerprune.evaluation.hf_backend import HFBackend
-from layerprune.evaluation.requests import GenerationRequest, GenerationResult, LoglikelihoodRequest
+from layerprune.evaluation.requests import Backend, GenerationRequest, GenerationResult, LoglikelihoodRequest
 from layerprune.evaluation.tasks import get_task
 from layerprune.evaluation.tasks.base import TaskGroup, TaskOptions
 from layerprune.execution import check_sandbox, describe_sandbox
@@ -40,8 +41,13 @@ LM_EVAL_REFERENCE = "0.4.13"  # the harness whose prompts, tokenization and metr
 
 def evaluate(model_or_path, tasks: str | Sequence[str], opts: TaskOptions | None = None, out_dir=None,
              batch_size: int = 16, dtype: str | None = None, device: str | None = "cpu", tokenizer=None,
-             add_bos_token: bool | None = None, progress: bool = True) -> dict[str, Any]:
-    """Evaluate a model (a path/hub id, or a loaded model with `tokenizer`) on `tasks`; see module doc."""
+             add_bos_token: bool | None = None, progress: bool = True, backend: Backend | None = None
+             ) -> dict[str, Any]:
+    """Evaluate a model (a path/hub id, or a loaded model with `tokenizer`) on `tasks`; see module doc.
+
+    `backend`: any object with `loglikelihood(requests)` / `generate(requests)` (`requests.Backend`) answers
+    the requests instead of an `HFBackend` over the model; `model_or_path` may then be None (the tokenizer
+    is still needed for a chat template)."""
     opts = opts or TaskOptions()
     names = _task_names(tasks)
     _check_options(opts, batch_size)
@@ -49,10 +55,24 @@ def evaluate(model_or_path, tasks: str | Sequence[str], opts: TaskOptions | None
     if any(getattr(m, "runs_code", False) for m in _members(resolved)):  # so does an incomplete sandbox
         check_sandbox(opts.allow_weaker_sandbox)
     start = time.perf_counter()
-    model, tokenizer, source = _load(model_or_path, tokenizer, dtype, device)
+    if opts.chat_template and tokenizer is None and isinstance(model_or_path, (str, Path)):
+        from layerprune.loading import check_model_source, load_tokenizer
+
+        check_model_source(str(model_or_path))
+        tokenizer = load_tokenizer(str(model_or_path))  # a missing chat template fails before the weights load
+        chat_renderer(tokenizer, str(model_or_path), opts.system_prompt)
+    if backend is None or model_or_path is not None:
+        model, tokenizer, source = _load(model_or_path, tokenizer, dtype, device)
+    else:
+        model, source = None, None
     load_s = time.perf_counter() - start
-    backend = HFBackend(model, tokenizer, batch_size=batch_size, add_bos_token=add_bos_token, progress=progress)
-    run_opts = replace(opts, chat_renderer=_chat_renderer(tokenizer)) if opts.chat_template else opts
+    if backend is None:
+        backend = HFBackend(model, tokenizer, batch_size=batch_size, add_bos_token=add_bos_token, progress=progress)
+    run_opts = opts
+    if opts.chat_template:
+        if tokenizer is None:
+            raise UsageError("--chat-template needs the model's tokenizer; pass tokenizer= with its chat template")
+        run_opts = replace(opts, chat_renderer=chat_renderer(tokenizer, source, opts.system_prompt))
     results, samples, timings = {}, {}, {"load_model_s": round(load_s, 3)}
     for task in resolved:
         members = task.tasks if isinstance(task, TaskGroup) else [task]
@@ -66,10 +86,11 @@ def evaluate(model_or_path, tasks: str | Sequence[str], opts: TaskOptions | None
             results[task.name] = aggregate_group(task, results)
     timings["total_s"] = round(time.perf_counter() - start, 3)
     output = {"results": results, "config": _config(names, opts, batch_size, dtype, device),
-              "model": {"path": source, "fingerprint": _fingerprint(source, model)},
+              "model": {"path": source, "fingerprint": _fingerprint(source, model) if model is not None else None},
               "versions": {**provenance.versions(), "lm_eval_reference": LM_EVAL_REFERENCE,
                            "tasks": {m.name: getattr(m, "version", None) for m in _members(resolved)}},
-              "backend": backend.info(), "timings": timings}
+              "backend": backend.info() if hasattr(backend, "info") else {"class": type(backend).__name__},
+              "timings": timings}
     if out_dir is not None:
         write_outputs(Path(out_dir), output, samples)
     return output
@@ -86,7 +107,9 @@ def run_task(task, backend, opts: TaskOptions) -> tuple[dict[str, Any], list[dic
     for i, (doc, reqs, res) in enumerate(zip(docs, per_doc, answers)):
         scores = task.score(doc, reqs, res, opts)
         metrics.append(scores)
-        rows.append({"doc_id": i, **task.record(doc, reqs, res, opts), **scores, **_lengths(res), "doc": doc})
+        prompt = {"context": reqs[0].context} if isinstance(reqs[0], GenerationRequest) else {}
+        rows.append({"doc_id": i, **prompt, **task.record(doc, reqs, res, opts), **scores, **_lengths(res),
+                     "doc": doc})
     return aggregate(metrics), rows
 
 
@@ -168,6 +191,7 @@ def _check_options(opts: TaskOptions, batch_size: int) -> None:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     if opts.num_samples < 1 or (opts.max_new_tokens is not None and opts.max_new_tokens < 1):
         raise UsageError("--num-samples and --max-new-tokens must be at least 1")
+    check_chat_options(opts)
 
 
 def _load(model_or_path, tokenizer, dtype, device):
@@ -182,20 +206,6 @@ def _load(model_or_path, tokenizer, dtype, device):
     if tokenizer is None:
         raise UsageError(f"{source or 'the model'} has no tokenizer; save one with the model or pass tokenizer=")
     return model.eval(), tokenizer, source
-
-
-def _chat_renderer(tokenizer):
-    if not getattr(tokenizer, "chat_template", None):
-        raise UsageError("--chat-template: the tokenizer has no chat template; drop the flag for base models")
-    import jinja2
-
-    def render(messages: list[dict[str, str]]) -> str:
-        try:
-            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except jinja2.exceptions.TemplateError:  # lm-eval retries without the system turn
-            rest = [m for m in messages if m["role"] != "system"]
-            return tokenizer.apply_chat_template(rest, tokenize=False, add_generation_prompt=True)
-    return render
 
 
 def _config(names, opts: TaskOptions, batch_size, dtype, device) -> dict[str, Any]:

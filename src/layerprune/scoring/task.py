@@ -11,7 +11,9 @@ later layer index, as in the paper. score_task is the task's `primary_metric` (e
 ``samples`` documents of the task's evaluation split. Candidates are evaluated on the unpruned model with the
 layers skipped (`surgery.skipped_layers`), which computes exactly what removal computes.
 
-Options (``--tasks``, ``--task-samples``, ``data_dir``): tasks default ``gsm8k,humaneval`` (the paper: gsm8k, humaneval+,
+Options (``--tasks``, ``--task-samples``, ``data_dir``; ``chat_template``, ``system_prompt``,
+``fewshot_as_multiturn`` render the prompts exactly as ``eval`` does, so a chat model is scored on its chat
+prompts — a study passes its model's settings): tasks default ``gsm8k,humaneval`` (the paper: gsm8k, humaneval+,
 xsum), samples default 100. Layer 0 is protected by default. Unlike the paper (temperature 0.9), generation
 is greedy, so a round is reproducible.
 """
@@ -31,14 +33,25 @@ def _task_scores(ctx: Context, tasks: list[str], samples: int, skip: list[int]) 
     from layerprune.evaluation.runner import evaluate
     from layerprune.evaluation.tasks.base import TaskOptions
 
-    data_dir = ctx.options.get("data_dir")
-    opts = TaskOptions(limit=samples, max_new_tokens=int(ctx.options.get("max_new_tokens", 256)),
-                       data_dir=Path(data_dir) if data_dir else None)
+    opts = task_options(ctx.options, samples)
     with skipped_layers(ctx.model, skip):
         out = evaluate(ctx.model, tasks, opts, tokenizer=ctx.tokenizer, progress=False, batch_size=ctx.batch_size)
     from layerprune.evaluation.tasks import get_task
 
     return {t: float(out["results"][t][get_task(t).primary_metric]) for t in tasks}
+
+
+def task_options(options: dict, samples: int):
+    """The evaluation options candidates are scored with: the same prompt rendering as `eval` (chat template,
+    system prompt, few-shot turns) so layers are chosen on the prompts that are evaluated."""
+    from layerprune.evaluation.tasks.base import TaskOptions
+
+    data_dir = options.get("data_dir")
+    return TaskOptions(limit=samples, max_new_tokens=int(options.get("max_new_tokens", 256)),
+                       data_dir=Path(data_dir) if data_dir else None,
+                       chat_template=bool(options.get("chat_template", False)),
+                       system_prompt=options.get("system_prompt"),
+                       fewshot_as_multiturn=options.get("fewshot_as_multiturn"))
 
 
 def task_iterative(ctx: Context) -> Result:
@@ -66,4 +79,6 @@ def task_iterative(ctx: Context) -> Result:
     first = rounds[0]["score"]
     scores = [first.get(str(j)) for j in range(ctx.num_layers)]
     return Result(scores, select="highest", rounds=rounds,
-                  extra={"baseline_task_scores": baseline, "tasks": tasks, "task_samples": samples})
+                  extra={"baseline_task_scores": baseline, "tasks": tasks, "task_samples": samples,
+                         "chat_template": bool(ctx.options.get("chat_template", False)),
+                         "system_prompt": ctx.options.get("system_prompt")})

@@ -8,6 +8,8 @@ healing arm, and evaluates baseline, pruned and healed models on the same tasks.
 
 from __future__ import annotations
 
+import difflib
+
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +40,7 @@ class ModelConfig(_Strict):
     num_layers: int | None = Field(None, ge=2, description="layer count, to plan offline when the config is unreachable")
     chat_template: bool = False
     system_prompt: str | None = None
+    fewshot_as_multiturn: bool | None = Field(None, description="few-shot as chat turns; default: on with chat_template")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -273,5 +276,8 @@ def check_names(cfg: StudyConfig) -> None:
     tasks = set(known_tasks())
     for t in cfg.eval.tasks:
         if t not in tasks:
+            close = difflib.get_close_matches(t, sorted(tasks), n=4, cutoff=0.75)
+            if close:
+                raise UsageError(f"eval.tasks: unknown task {t!r}; did you mean {', '.join(close)}?")
             names = sorted({"mmlu_<subject>" if k.startswith("mmlu_") else k for k in tasks})
             raise UsageError(f"eval.tasks: unknown task {t!r}; known: {', '.join(names)}")

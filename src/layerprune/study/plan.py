@@ -65,10 +65,10 @@ def make_plan(cfg: StudyConfig) -> Plan:
     for m in cfg.models:
         src = b.add("model", f"model {m.name}", {"model": m.model_dump(exclude={"name"})})
         L = _num_layers(m)
+        prompt = _prompt_params(m)  # one prompt rendering for scoring (task_iterative) and every evaluation
 
         def evaluate(model_step: str, what: str) -> str:
-            return b.add("eval", f"eval {what}", {"eval": ev, "chat_template": m.chat_template,
-                                                  "system_prompt": m.system_prompt, "seed": cfg.seed}, (model_step,))
+            return b.add("eval", f"eval {what}", {"eval": ev, **prompt, "seed": cfg.seed}, (model_step,))
 
         def speed(model_step: str, what: str) -> str | None:
             if not cfg.speed.enabled:
@@ -84,8 +84,10 @@ def make_plan(cfg: StudyConfig) -> Plan:
                 "method": criterion, "num_drop": [n for n, _ in sizes], "protected": cfg.pruning.protected,
                 "calibration": cfg.pruning.calibration.model_dump(), "seed": cfg.seed,
                 "options": cfg.pruning.options.get(criterion, {}),
+                **(prompt if criterion == "task_iterative" else {}),
                 **({"calibration_seeds": cfg.pruning.calibration_seeds} if cfg.pruning.calibration_seeds else {})},
                 (src,))
+
             def heal(model_step: str, tag: str, arm, train: dict) -> str:
                 return b.add("heal", f"heal {tag}/{arm.label}", {
                     "arm": arm.kind, "responses": arm.responses, "train": train, "seed": cfg.seed,
@@ -176,6 +178,14 @@ def _scaled(train: dict[str, Any], rounds: int) -> dict[str, Any]:
 def _budget(train: dict[str, Any], rounds: int) -> str:
     return (f"{train['max_steps'] * rounds} optimizer steps" if train["max_steps"] is not None
             else f"{train['epochs'] * rounds:g} epochs")
+
+
+def _prompt_params(m: ModelConfig) -> dict[str, Any]:
+    """How the model's prompts are rendered (fewshot_as_multiturn only when set, so older step ids stay)."""
+    out = {"chat_template": m.chat_template, "system_prompt": m.system_prompt}
+    if m.fewshot_as_multiturn is not None:
+        out["fewshot_as_multiturn"] = m.fewshot_as_multiturn
+    return out
 
 
 def _variant(model, criterion, n, ratio, arm, eval_id, speed_id, L) -> dict[str, Any]:

@@ -113,7 +113,7 @@ def build_blocks(s: dict, cfg: dict, root: Path) -> list[Block]:
         b += _section("stability", [("p", "Each criterion repeated over independent calibration draws: Jaccard "
                                           "overlap of the chosen layer sets, and how often each layer is chosen.")]
                       + stability_table(s) + _figures(s, "stability", models, root, "Layer choice frequency"))
-    b += _section("tasks", task_tables(s))
+    b += _section("tasks", task_tables(s, cfg))
     p = s["provenance"]
     b += _section("provenance", [
         ("p", f"{s['evaluated']} of {s['variants']} planned models evaluated. Seed {cfg.get('seed')}; "

@@ -73,6 +73,9 @@ def _score_options(ctx) -> dict | None:
     data_dir = ctx.cfg.eval.data_dir
     if ctx.step.params["method"] == "task_iterative" and data_dir and "data_dir" not in options:
         options["data_dir"] = _resolve(data_dir, ctx.base_dir)
+    for key in ("chat_template", "system_prompt", "fewshot_as_multiturn"):  # the model's prompt, as in eval
+        if key in ctx.step.params and key not in options:
+            options[key] = ctx.step.params[key]
     return options or None
 
 
@@ -96,8 +99,9 @@ def run_eval(ctx, out: Path) -> None:
     opts = TaskOptions(
         data_dir=Path(_resolve(ev["data_dir"], ctx.base_dir)) if ev["data_dir"] else None,
         num_fewshot=ev["num_fewshot"], limit=ev["limit"], seed=p["seed"], chat_template=p["chat_template"],
-        system_prompt=p["system_prompt"], max_new_tokens=ev["max_new_tokens"], temperature=ev["temperature"],
-        top_p=ev["top_p"], num_samples=ev["num_samples"], allow_weaker_sandbox=ev.get("allow_weaker_sandbox", False))
+        system_prompt=p["system_prompt"], fewshot_as_multiturn=p.get("fewshot_as_multiturn"),
+        max_new_tokens=ev["max_new_tokens"], temperature=ev["temperature"], top_p=ev["top_p"],
+        num_samples=ev["num_samples"], allow_weaker_sandbox=ev.get("allow_weaker_sandbox", False))
     evaluate(model_path(ctx.input(0)), ev["tasks"], opts, out_dir=out, batch_size=ev["batch_size"],
              dtype=model_dtype(ctx.input(0)),
              device=ctx.cfg.device, progress=False)

@@ -124,17 +124,27 @@ def _pct1(x) -> str:
     return "" if x is None or x != x else f"{100 * x:.1f}"
 
 
-def task_tables(s: dict) -> list[Block]:
+def task_tables(s: dict, cfg: dict | None = None) -> list[Block]:
+    """Per model: every task's headline metric per variant. A base-style code task run under a chat template is
+    marked † with its instruct variant named (an instruct model's prose and fences defeat its stops)."""
+    from layerprune.evaluation.tasks.instruct import INSTRUCT_VARIANT
+
     out: list[Block] = []
     models = _models(s)
+    chat = {m.get("name") for m in (cfg or {}).get("models", []) if m.get("chat_template")}
     for model in models:
         rows = [v for v in s["tasks"] if v["model"] == model]
         tasks = list(dict.fromkeys(t for v in rows for t in v["scores"]))
         metric = {t: sc["metric"] for v in rows for t, sc in v["scores"].items()}
-        head = ["criterion", "removed", "healing"] + [f"{t} ({metric[t]})" for t in tasks]
+        marked = [t for t in tasks if model in chat and t in INSTRUCT_VARIANT]
+        head = ["criterion", "removed", "healing"] + [f"{t} ({metric[t]})" + (" †" if t in marked else "")
+                                                      for t in tasks]
         body = [[v["criterion"] or "baseline", v["num_drop"], v["arm"]] +
                 [_pct1(v["scores"][t]["value"]) if t in v["scores"] else "" for t in tasks]
                 for v in sorted(rows, key=lambda v: (v["criterion"] is not None, str(v["criterion"]), v["num_drop"],
                                                      v["arm"]))]
         out += ([("h", 3, model)] if len(models) > 1 else []) + [("table", head, body)]
+        if marked:
+            out.append(("p", "† base-style completion prompt under a chat template; an instruct model's prose and "
+                             "fenced code defeat its stops: use " + ", ".join(INSTRUCT_VARIANT[t] for t in marked) + "."))
     return out

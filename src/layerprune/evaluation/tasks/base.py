@@ -36,6 +36,8 @@ class TaskOptions:
     seed: int = 1234
     chat_template: bool = False
     system_prompt: str | None = None
+    # None: on under a chat template (lm-eval's CLI default); False: shots collapsed into one user turn
+    fewshot_as_multiturn: bool | None = None
     max_new_tokens: int | None = None  # None: the task's own (lm-eval's max_gen_toks, 256 unless it says)
     temperature: float = 0.0
     top_p: float = 1.0
@@ -44,8 +46,9 @@ class TaskOptions:
     # Code tasks: run generated code even where a kernel layer of the sandbox (Landlock, seccomp) is missing.
     allow_weaker_sandbox: bool = False
     # Set by the runner when chat_template is on: renders chat messages [{role, content}] to the prompt
-    # string (the tokenizer's template, generation prompt added). Not an option a user passes.
-    chat_renderer: Callable[[list[dict[str, str]]], str] | None = field(default=None, compare=False, repr=False)
+    # string (`evaluation.chat.chat_renderer`: render(messages, add_generation_prompt=True)). Not an option
+    # a user passes.
+    chat_renderer: Callable[..., str] | None = field(default=None, compare=False, repr=False)
 
 
 class Task(Protocol):

@@ -23,6 +23,7 @@ import numpy as np
 from layerprune.errors import UsageError
 from layerprune.evaluation.data import has_local_split, load_docs, resolve_data_dir
 from layerprune.evaluation.requests import LoglikelihoodRequest, LoglikelihoodResult
+from layerprune.evaluation.chat import Turn, qa_turns, render, system_turns, target_delimiter
 from layerprune.evaluation.tasks.base import TaskGroup, TaskOptions
 
 Doc = dict[str, Any]
@@ -81,29 +82,27 @@ class ChoiceTask:
             self._drawn.append(self._rng.sample(self._pool, n))
         return self._drawn[doc_id]
 
-    def _messages(self, doc_id: int, opts: TaskOptions) -> list[tuple[str, str, str]]:
-        """(role, content, plain-text delimiter) for system, shots; the evaluated question comes later."""
-        spec, out = self.spec, []
-        system = _delimit(opts.system_prompt, spec.description, "\n\n")
-        if system:
-            out.append(("system", system, ""))
+    def _turns(self, doc_id: int, opts: TaskOptions) -> list[Turn]:
+        """System (system prompt + description) and the shots; the evaluated question comes later."""
+        spec = self.spec
+        out = system_turns(opts.system_prompt, spec.description)
         for shot in self._shots(doc_id, self.num_fewshot(opts)):
             gold = spec.gold(shot)
             if spec.continuation:  # multiple-input: the question is the gold context, the answer the suffix
                 q, a = spec.choices(shot)[gold], spec.continuation(shot)
             else:
                 q, a = spec.text(shot), spec.choices(shot)[gold]
-            out += [("user", q, " "), ("assistant", a, "\n\n")]
+            out += qa_turns(q, a)
         return out
 
     def requests(self, doc_id: int, doc: Doc, opts: TaskOptions) -> list[LoglikelihoodRequest]:
-        spec, prior = self.spec, self._messages(doc_id, opts)
-        delim = "" if opts.chat_template else " "
+        spec, prior = self.spec, self._turns(doc_id, opts)
+        delim = target_delimiter(opts)
         if spec.continuation:
             cont = delim + spec.continuation(doc)
-            return [LoglikelihoodRequest(render_messages(prior + [("user", c, "")], opts), cont, group=doc_id)
+            return [LoglikelihoodRequest(render(prior + qa_turns(c, target_delimiter=""), opts), cont, group=doc_id)
                     for c in spec.choices(doc)]
-        context = render_messages(prior + [("user", spec.text(doc), "")], opts)
+        context = render(prior + qa_turns(spec.text(doc)), opts)
         return [LoglikelihoodRequest(context, delim + c, group=doc_id) for c in spec.choices(doc)]
 
     def score(self, doc: Doc, requests: Sequence[LoglikelihoodRequest],
@@ -120,21 +119,6 @@ class ChoiceTask:
         return {"context": contexts if self.spec.continuation else contexts[0],
                 "continuations": [r.continuation for r in requests], "target": self.spec.gold(doc),
                 "loglikelihoods": [r.logprob for r in results], "is_greedy": [r.is_greedy for r in results]}
-
-
-def _delimit(prefix: str | None, suffix: str | None, delimiter: str) -> str:
-    """lm-eval's maybe_delimit: join with `delimiter` unless either side already has whitespace there."""
-    if not prefix or not suffix:
-        return prefix or suffix or ""
-    return prefix + suffix if prefix[-1].isspace() or suffix[0].isspace() else prefix + delimiter + suffix
-
-
-def render_messages(messages: list[tuple[str, str, str]], opts: TaskOptions) -> str:
-    if not opts.chat_template:
-        return "".join(content + delim for _, content, delim in messages)
-    if opts.chat_renderer is None:
-        raise UsageError("--chat-template needs a tokenizer with a chat template")
-    return opts.chat_renderer([{"role": role, "content": content} for role, content, _ in messages])
 
 
 # ---- the tasks ----

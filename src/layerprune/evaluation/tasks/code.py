@@ -82,7 +82,8 @@ class CodeTask:
         return read_jsonl(root / "mbpp" / "mbpp.jsonl", MBPP_LAYOUT)
 
     def _evalplus_rows(self, root: Path | None) -> list[dict[str, Any]]:
-        local = root / f"{self.name}" / f"{self.name}.jsonl" if root is not None else None
+        base = f"{self.flavor}_plus"  # also the instruct variants' rows
+        local = root / base / f"{base}.jsonl" if root is not None else None
         if local is not None and local.is_file():
             return read_jsonl(local, HUMANEVAL_LAYOUT if self.flavor == "humaneval" else MBPP_PLUS_LAYOUT)
         hub_id = "evalplus/humanevalplus" if self.flavor == "humaneval" else "evalplus/mbppplus"

@@ -57,3 +57,8 @@ MBPP = [
                    'assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],2)==[85, 75] ',
                    'assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],5)==[85, 75, 65, 58, 35]']},
 ]
+
+# gsm8k_cot_llama's 8 exemplars (lm-eval's gsm8k-cot-llama.yaml fewshot_config.samples): Wei et al.'s questions
+# and reasoning, each ending "The final answer is N" (no period) where GSM8K_COT ends "The answer is N."
+GSM8K_COT_LLAMA = [(q, a.rsplit("The answer is ", 1)[0] + "The final answer is " + a.rsplit("The answer is ", 1)[1][:-1])
+                   for q, a in GSM8K_COT]

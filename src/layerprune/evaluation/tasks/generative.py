@@ -24,11 +24,11 @@ from typing import Any, Sequence
 
 from layerprune.errors import UsageError
 from layerprune.evaluation import diagnostics
+from layerprune.evaluation.chat import qa_turns, render, system_turns
 from layerprune.evaluation.data import resolve_data_dir
 from layerprune.evaluation.requests import GenerationRequest, GenerationResult
 from layerprune.evaluation.scaling import scaling_metrics
 from layerprune.evaluation.tasks.base import TaskOptions
-from layerprune.evaluation.tasks.choice import render_messages  # the shared plain/chat renderer of few-shot turns
 from layerprune.evaluation.tasks.exemplars import GSM8K_COT, MINERVA_MATH
 
 GSM8K_UNTIL = ("Question:", "</s>", "<|im_end|>")
@@ -112,13 +112,14 @@ def diagnostics_of(texts: Sequence[str], kind: str, exec_results=None) -> dict[s
 
 
 def render_qa(shots: Sequence[tuple[str, str]], question: str, template: str, opts: TaskOptions,
-              target_delimiter: str = " ") -> str:
-    """lm-eval's fewshot_context: [system] + per shot (template(q) + delimiter + answer + "\\n\\n") + question;
-    with a chat template, each shot is a user/assistant turn rendered by `opts.chat_renderer`."""
-    messages = [("system", opts.system_prompt, "")] if opts.system_prompt else []
+              target_delimiter: str = " ", gen_prefix: str | None = None) -> str:
+    """lm-eval's fewshot_context: [system] + per shot (template(q) + delimiter + answer + "\\n\\n") + question
+    [+ gen_prefix], plain or through the chat template (`evaluation.chat`)."""
+    turns = system_turns(opts.system_prompt)
     for q, a in shots:
-        messages += [("user", template.format(q), target_delimiter), ("assistant", a, "\n\n")]
-    return render_messages(messages + [("user", question, "")], opts)
+        turns += qa_turns(template.format(q), a, gen_prefix, target_delimiter)
+    turns += qa_turns(question, None, gen_prefix, target_delimiter)
+    return render(turns, opts, gen_prefix)
 
 
 class FewshotDraws:
