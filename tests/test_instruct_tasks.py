@@ -191,7 +191,7 @@ def test_mbpp_code_extraction_keeps_the_first_word():
 
 
 def test_study_warns_and_report_marks_base_code_tasks_under_chat(tmp_path, capsys):
-    from layerprune.study.report import _task_tables
+    from layerprune.study.tables import task_tables
 
     cfg = tmp_path / "study.yaml"
     cfg.write_text("name: chat\nmodels:\n  - name: m\n    tiny: {family: llama, layers: 4}\n    chat_template: true\n"
@@ -202,7 +202,7 @@ def test_study_warns_and_report_marks_base_code_tasks_under_chat(tmp_path, capsy
                    "use humaneval_instruct for instruct models"]
     rows = [{"model": "m", "criterion": None, "num_drop": 0, "arm": "none",
              "scores": {t: {"metric": "pass@1", "value": 0.5} for t in ("humaneval", "mbpp_instruct")}}]
-    blocks = _task_tables({"tasks": rows}, {"models": [{"name": "m", "chat_template": True}]})
+    blocks = task_tables({"tasks": rows}, {"models": [{"name": "m", "chat_template": True}]})
     table = next(b for b in blocks if b[0] == "table")
     assert table[1][3:] == ["humaneval (pass@1) †", "mbpp_instruct (pass@1)"]
     assert any(b[0] == "p" and "humaneval_instruct" in b[1] for b in blocks)
