@@ -1,7 +1,7 @@
 """One runner per step kind: read the dependencies' outputs, call the library verb, write into `out`.
 
 Every runner is a thin adapter over a public function (`prune`, `score`, `evaluate`, `generate_sgr`, `heal`,
-`speed.measure`), so a study does exactly what the CLI verbs do.
+`speed.speed_record`), so a study does exactly what the CLI verbs do.
 """
 
 from __future__ import annotations
@@ -95,15 +95,17 @@ def run_eval(ctx, out: Path) -> None:
 
 
 def run_speed(ctx, out: Path) -> None:
+    """Time the step's model; a pruned one interleaved with its baseline (second dependency) in this process."""
     from layerprune.loading import load_model
     from layerprune.provenance import write_json
-    from layerprune.study.speed import measure
+    from layerprune.study.speed import speed_record
 
-    sp = ctx.step.params["speed"]
-    model, _ = load_model(model_path(ctx.input(0)), dtype=model_dtype(ctx.input(0)), device=ctx.cfg.device,
-                          tokenizer=False)
-    write_json(out / "speed.json", measure(model, sp["prompt_tokens"], sp["new_tokens"], sp["batch_size"],
-                                           sp["repeats"], seed=ctx.step.params["seed"]))
+    sp = dict(ctx.step.params["speed"])
+    sp.pop("enabled")
+    models = [load_model(model_path(ctx.input(i)), dtype=model_dtype(ctx.input(i)), device=ctx.cfg.device,
+                         tokenizer=False)[0] for i in range(len(ctx.step.deps))]
+    write_json(out / "speed.json", speed_record(models[0], models[1] if len(models) > 1 else None, **sp,
+                                                seed=ctx.step.params["seed"]))
 
 
 def run_prompts(ctx, out: Path) -> None:
