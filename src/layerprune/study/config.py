@@ -98,6 +98,7 @@ class SGRConfig(_Strict):
     top_p: float = Field(0.95, gt=0, le=1)
     max_new_tokens: int = Field(1024, ge=1)
     batch_size: int = Field(8, ge=1)
+    process_group_timeout_s: int = Field(7200, ge=60, description="collective timeout under accelerate launch")
 
 
 _H = HealConfig()  # healing defaults live in HealConfig; the study reuses them
@@ -116,6 +117,8 @@ class TrainConfig(_Strict):
     grad_accum: int = _H.grad_accum
     max_length: int = _H.max_length
     partial_layers: int = _H.partial_layers
+    process_group_timeout_s: int = Field(_H.process_group_timeout_s, ge=60,
+                                         description="collective timeout under accelerate launch (torch: 10 min)")
 
     def heal_config(self, response_field: str, seed: int) -> HealConfig:
         fields = self.model_dump()

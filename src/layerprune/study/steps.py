@@ -91,7 +91,7 @@ def run_eval(ctx, out: Path) -> None:
         top_p=ev["top_p"], num_samples=ev["num_samples"])
     evaluate(model_path(ctx.input(0)), ev["tasks"], opts, out_dir=out, batch_size=ev["batch_size"],
              dtype=model_dtype(ctx.input(0)),
-             device=ctx.cfg.device, progress=False)
+             device=ctx.cfg.device, progress=False, resume_dir=ctx.work / "tasks")  # a rerun runs only unfinished tasks
 
 
 def run_speed(ctx, out: Path) -> None:
@@ -144,6 +144,7 @@ def run_sgr(ctx, out: Path) -> None:
     generate_sgr(model_path(ctx.input(0)), str(ctx.input(1) / "prompts.jsonl"), work_file, seed=p["seed"],
                  shuffle_seed=p["seed"], max_new_tokens=sgr["max_new_tokens"], temperature=sgr["temperature"],
                  top_p=sgr["top_p"], batch_size=sgr["batch_size"], device=ctx.cfg.device,
+                 process_group_timeout_s=sgr["process_group_timeout_s"],
                  dtype=model_dtype(ctx.input(0)))
     os.replace(work_file, out / "sgr.jsonl")
 
