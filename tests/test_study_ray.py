@@ -9,6 +9,7 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 import json  # noqa: E402
 import shutil  # noqa: E402
+import signal  # noqa: E402
 import sqlite3  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -163,44 +164,70 @@ def test_infeasible_resources_refused_before_any_step(cluster, data_dir, tmp_pat
     assert not (tmp_path / "root").exists()
 
 
+ISLAND = """
+import os, sys, time
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+import ray._private.node, ray._private.parameter
+params = ray._private.parameter.RayParams(
+    gcs_address=sys.argv[1], node_ip_address="127.0.0.1", num_cpus=1, num_gpus=0, resources={"island": 1},
+    object_store_memory=100 * 2**20, include_log_monitor=False, node_manager_port=0, min_worker_port=0,
+    max_worker_port=0)
+params.dashboard_agent_listen_port = None
+node = ray._private.node.Node(params, head=False, shutdown_at_exit=True, spawn_reaper=True)  # stops on SIGTERM
+while True:
+    time.sleep(1)
+"""
+
+
 def test_root_not_visible_to_a_node_is_refused(cluster, data_dir, tmp_path):
-    """A third node whose processes see an empty tmpfs where ROOT's parent is (its own mount namespace)."""
+    """A third node whose processes see an empty tmpfs where ROOT's parent is (its own mount namespace), as a
+    machine that does not mount the shared storage would."""
     c, _ = cluster
     if shutil.which("unshare") is None or subprocess.run(
             ["unshare", "-m", "--propagation", "private", "true"], capture_output=True).returncode != 0:
         pytest.skip("needs `unshare -m` (mount namespaces) to give one node a different view of the filesystem")
     hidden = tmp_path / "shared"
     hidden.mkdir()
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    cmd = (f"mount -t tmpfs -o size=1m tmpfs {hidden} && exec {ray_bin} start --address={c.address} "
-           f"--node-ip-address=127.0.0.1 --num-cpus=1 --object-store-memory={100 * 2**20} "
-           f"--resources='{{\"island\": 1}}' --block")
-    proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", cmd], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    (tmp_path / "island.py").write_text(ISLAND)
+    cmd = f"mount -t tmpfs -o size=1m tmpfs {hidden} && exec {sys.executable} {tmp_path / 'island.py'} {c.address}"
+    proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", cmd], start_new_session=True,
+                            env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
     try:
-        deadline = time.time() + 60
+        deadline = time.time() + 90
         while not any(n["Alive"] and n["Resources"].get("island") for n in ray.nodes()):
             assert time.time() < deadline and proc.poll() is None, "the third node did not start"
             time.sleep(0.5)
+        assert {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]} == {"127.0.0.1"}
         with pytest.raises(UsageError, match="is not shared"):
             run_study(_cfg(data_dir, address=c.address), hidden / "root", log=lambda _: None)
         assert not (hidden / "root").exists()
     finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=60)
+        if proc.poll() is None:
+            proc.terminate()  # the node stops its raylet and workers
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         deadline = time.time() + 60
         while any(n["Alive"] and n["Resources"].get("island") for n in ray.nodes()) and time.time() < deadline:
             time.sleep(0.5)
 
 
-def test_unreachable_address_and_missing_ray_are_one_line_errors(data_dir, tmp_path, monkeypatch):
-    from layerprune.study import ray_executor
+def test_unreachable_address_is_one_line_exit_2(data_dir, tmp_path):
+    from layerprune.cli import main
 
-    ray_connected = ray.is_initialized()
-    if not ray_connected:
-        with pytest.raises(UsageError, match="cannot reach the Ray cluster at '127.0.0.1:9'"):
-            ray_executor._connect("127.0.0.1:9")
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(json.dumps(_cfg(data_dir).model_dump(mode="json")))
+    proc = subprocess.run([sys.executable, "-m", "layerprune", "study", str(cfg), "--root", str(tmp_path / "root"),
+                           "--ray-address", "127.0.0.1:9"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "cannot reach the Ray cluster at '127.0.0.1:9'" in proc.stderr
+    assert not (tmp_path / "root").exists()
+    assert main  # the CLI module imports without Ray
+
+
+def test_missing_ray_names_the_extra(data_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(UsageError, match=r"pip install 'layerprune\[ray\]'"):
         run_study(_cfg(data_dir), tmp_path / "root", log=lambda _: None)

@@ -73,6 +73,8 @@ def _connect(address: str | None):
         raise UsageError("--executor ray needs Ray: pip install 'layerprune[ray]'") from None
     if ray.is_initialized():
         return ray, False
+    if address not in (None, "auto", "local"):
+        _check_reachable(address)
     try:
         if address is None:
             ray.init(include_dashboard=False, log_to_driver=False, object_store_memory=200 * 2**20)
@@ -83,6 +85,18 @@ def _connect(address: str | None):
         raise UsageError(f"cannot reach the Ray cluster at {address!r} ({first}); start it with `ray start "
                          "--head` or fix --ray-address") from None
     return ray, True
+
+
+def _check_reachable(address: str) -> None:
+    """Ray keeps retrying an address nobody listens on for minutes; a TCP connect says so in seconds."""
+    import socket
+
+    host, _, port = address.split("://")[-1].rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=10).close()
+    except (OSError, ValueError) as err:
+        raise UsageError(f"cannot reach the Ray cluster at {address!r} ({err.__class__.__name__}: {err}); start it "
+                         "with `ray start --head` or fix --ray-address (HOST:PORT or auto)") from None
 
 
 def _cluster_has_gpus(ray) -> bool:
