@@ -17,7 +17,8 @@ speed.json (written by the study's speed step; keys the report reads):
     baseline: {the same keys for the unpruned model, measured interleaved}         (pruned steps only)
     comparison: [{batch_size, decode_speedup, decode_speedup_interval, decode_spread, prefill_speedup,
                   prefill_speedup_interval, prefill_spread, flagged, note}]            (pruned steps only)
-        *_speedup: median of per-round pruned/baseline tokens/s ratios, or None when flagged
+        *_speedup: median of per-round pruned/baseline tokens/s ratios, or None when that metric's ratios spread
+                   more than max_spread; flagged: either is None, and note says which and why
         *_interval: [lo, hi] bootstrap interval (confidence 0.95) of that median; *_spread: IQR/median of ratios
     ideal_speedup_layers: L / (L − k); ideal_speedup_params: see `ideal_speedup`;
     decode_vs_ideal: decode_speedup / ideal_speedup_layers at batch_size (None when flagged)  (pruned steps only)
