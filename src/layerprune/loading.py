@@ -2,8 +2,10 @@
 
     model, tokenizer = load_model("path/or/org-name", dtype="bfloat16", device="auto")
 
-`dtype=None` keeps the checkpoint's dtype; `device` is "cpu", "cuda", "cuda:N" or "auto" (GPU if one is
-visible, else CPU). Remote code is never trusted unless asked. Every failure a user can cause becomes a
+`dtype=None` keeps the checkpoint's dtype; `device` is "cpu", "cuda", "cuda:N", "auto" (GPU if one is
+visible, else CPU) or "split" (accelerate's device_map="auto" over every visible GPU). A model that fits one GPU
+is placed whole on the current one (a Ray task's assigned GPU); it is split only when asked or when it does not
+fit (`placement`). Remote code is never trusted unless asked. Every failure a user can cause becomes a
 `UsageError` that says what to do.
 """
 
@@ -24,7 +26,8 @@ DTYPES = {
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
 }
-DEVICES = ("cpu", "cuda", "auto")
+DEVICES = ("cpu", "cuda", "auto", "split")
+FIT_HEADROOM = 1.2  # weights × this must fit a GPU's free memory: activations and KV cache need the rest
 
 
 def resolve_dtype(dtype: str | torch.dtype | None):
@@ -41,10 +44,14 @@ def resolve_dtype(dtype: str | torch.dtype | None):
 def resolve_device(device: str | None) -> str:
     """"auto" → "cuda" when a GPU is visible, else "cpu"; validates the name."""
     device = device or "cpu"
+    if device == "split":
+        if not torch.cuda.is_available():
+            raise UsageError("device 'split' spreads a model over GPUs but no CUDA GPU is visible; use --device cpu")
+        return device
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.split(":")[0] not in ("cpu", "cuda"):
-        raise UsageError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto")
+        raise UsageError(f"unknown device {device!r}; use cpu, cuda, cuda:N, auto or split")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"device {device!r} asked for but no CUDA GPU is visible; use --device cpu")
     return device
@@ -97,8 +104,11 @@ def load_model(
     spec_for(config)  # unsupported family → UsageError before any weights are read
     device = resolve_device(device)
     kwargs = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
-    if device == "cuda" and torch.cuda.device_count() > 1:
-        kwargs["device_map"] = "auto"
+    if device == "split" or device == "cuda" and torch.cuda.device_count() > 1:
+        free = [torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())]
+        device = placement(device, free, weight_bytes(config, kwargs["dtype"]), torch.cuda.current_device())
+        if device == "auto":
+            kwargs["device_map"] = "auto"
     try:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as err:
@@ -108,6 +118,30 @@ def load_model(
     model.eval()
     tok = load_tokenizer(name_or_path, trust_remote_code) if tokenizer else None
     return model, tok
+
+
+def placement(device: str, gpu_free: list[int], model_bytes: int, current: int = 0) -> str:
+    """Where a model goes: `device` itself unless it is "cuda" with several GPUs visible; then the current GPU
+    when the weights (with FIT_HEADROOM) fit its free memory, else "auto" (split by accelerate). "split" → "auto".
+    gpu_free: free bytes per visible GPU; model_bytes: the weights' size in the dtype they load in."""
+    if device == "split":
+        return "auto"
+    if device != "cuda" or len(gpu_free) < 2:
+        return device
+    return f"cuda:{current}" if model_bytes * FIT_HEADROOM <= gpu_free[current] else "auto"
+
+
+def weight_bytes(config, dtype) -> int:
+    """Bytes of the model's parameters in `dtype` ("auto": the config's dtype), from an empty (meta) model."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    if dtype == "auto":
+        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    with init_empty_weights():
+        meta = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in meta.parameters()) * torch.empty((), dtype=dtype).element_size()
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):

@@ -48,6 +48,7 @@ from transformers.cache_utils import DynamicLayer
 
 from layerprune.errors import UsageError
 from layerprune.evaluation.decoding import CheckpointSettings, Chooser, Plan
+from layerprune.evaluation.cache_rows import select_cache_rows
 from layerprune.evaluation.hf_backend import MIN_SHARED, resolve_max_length
 from layerprune.evaluation.requests import GenerationRequest, GenerationResult
 from layerprune.evaluation.slot_cache import SlotState, slot_cache
@@ -303,8 +304,8 @@ def _decode(rows: list[_Row], model, tokenizer, eos_ids: set[int], chooser: Choo
             if not keep:
                 break
             if len(keep) < len(active):
-                index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
+                index = torch.tensor(keep, device=device)  # indexes mask and positions, which live on `device`
+                select_cache_rows(cache, keep)  # each cache layer indexed on its own device (device_map="auto")
                 mask, positions = mask[index], positions[index]
                 active = [active[j] for j in keep]
                 next_ids = [next_ids[j] for j in keep]

@@ -29,6 +29,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from layerprune.evaluation.cache_rows import select_cache_rows
 from layerprune.evaluation.requests import (
     GenerationRequest,
     GenerationResult,
@@ -157,7 +158,7 @@ class HFBackend:
                               device=self.device)  # [G, P]
         last = sorted(set(p - 1 for p in plens))
         c, cache = self._shared_cache(chunk)  # the first c positions are already in `cache`, one row per group
-        keep = torch.tensor([pos - c for pos in last], device=self.device)
+        keep = torch.tensor([pos - c for pos in last])  # CPU: indexes the last layer's output on any device
         kwargs = {self._cache_kw: cache} if cache is not None else {}
         col = {pos: k for k, pos in enumerate(last)}
         if self._head is None:
@@ -199,7 +200,7 @@ class HFBackend:
         if span == 0:
             return [None] * len(rows)
         owner = torch.tensor([g for g, _ in rows], device=self.device)
-        cache.batch_select_indices(owner)  # one cache row per choice: [N, heads, P, d]
+        select_cache_rows(cache, [g for g, _ in rows])  # one cache row per choice: [N, heads, P, d], per device
         ids = torch.tensor([x + [0] * (span - len(x)) for x in suffixes], device=self.device)  # [N, S]
         plen_t = torch.tensor(plens, device=self.device)[owner]  # [N]
         # keys: the prefix row's real tokens, then the suffix (its right padding is never a query we read)
@@ -213,7 +214,8 @@ class HFBackend:
             logits = self.model(**kwargs).logits  # [N, S, V]
             return [logits[r, :n] if n else None for r, n in enumerate(lengths)]
         hidden = self.model.base_model(**kwargs).last_hidden_state  # [N, S, H]
-        real = torch.arange(span, device=self.device)[None, :] < torch.tensor(lengths, device=self.device)[:, None]
+        dev = hidden.device  # the last layer's device under device_map="auto", not necessarily self.device
+        real = torch.arange(span, device=dev)[None, :] < torch.tensor(lengths, device=dev)[:, None]
         logits = self._logits(hidden[real])  # [T, V]: T real positions, row-major
         return [chunk if len(chunk) else None for chunk in logits.split(lengths)]
 

@@ -41,13 +41,14 @@ LM_EVAL_REFERENCE = "0.4.13"  # the harness whose prompts, tokenization and metr
 
 def evaluate(model_or_path, tasks: str | Sequence[str], opts: TaskOptions | None = None, out_dir=None,
              batch_size: int = 16, dtype: str | None = None, device: str | None = "cpu", tokenizer=None,
-             add_bos_token: bool | None = None, progress: bool = True, backend: Backend | None = None
-             ) -> dict[str, Any]:
+             add_bos_token: bool | None = None, progress: bool = True, backend: Backend | None = None,
+             resume_dir=None) -> dict[str, Any]:
     """Evaluate a model (a path/hub id, or a loaded model with `tokenizer`) on `tasks`; see module doc.
 
     `backend`: any object with `loglikelihood(requests)` / `generate(requests)` (`requests.Backend`) answers
     the requests instead of an `HFBackend` over the model; `model_or_path` may then be None (the tokenizer
-    is still needed for a chat template)."""
+    is still needed for a chat template).
+    `resume_dir`: each finished task is kept there, and a rerun after a crash runs only the unfinished ones."""
     opts = opts or TaskOptions()
     names = _task_names(tasks)
     _check_options(opts, batch_size)
@@ -74,12 +75,22 @@ def evaluate(model_or_path, tasks: str | Sequence[str], opts: TaskOptions | None
             raise UsageError("--chat-template needs the model's tokenizer; pass tokenizer= with its chat template")
         run_opts = replace(opts, chat_renderer=chat_renderer(tokenizer, source, opts.system_prompt))
     results, samples, timings = {}, {}, {"load_model_s": round(load_s, 3)}
+    keep = _TaskKeeper(resume_dir, source, model, _config(names, opts, batch_size, dtype, device)) \
+        if resume_dir is not None else None
     for task in resolved:
         members = task.tasks if isinstance(task, TaskGroup) else [task]
         for member in members:
+            kept = keep.load(member.name) if keep else None
+            if kept:
+                results[member.name], samples[member.name], timings[f"{member.name}_s"] = kept
+                if progress:
+                    tqdm.write(f"{member.name}: kept from an earlier run ({keep.folder})")
+                continue
             t0 = time.perf_counter()
             results[member.name], samples[member.name] = run_task(member, backend, run_opts)
             timings[f"{member.name}_s"] = round(time.perf_counter() - t0, 3)
+            if keep:
+                keep.save(member.name, results[member.name], samples[member.name], timings[f"{member.name}_s"])
             if progress:
                 tqdm.write(f"{member.name}: {_brief(results[member.name])}")
         if isinstance(task, TaskGroup):
@@ -171,6 +182,27 @@ def write_outputs(out_dir: Path, output: dict, samples: dict[str, list[dict]]) -
         text = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows)
         provenance.write_text(out_dir / f"samples_{name}.jsonl", text)
     provenance.write_json(out_dir / "results.json", output)
+
+
+class _TaskKeeper:
+    """Finished tasks of one evaluation, one JSON file each in `folder`, valid only for the same model
+    (fingerprint) and settings: what lets a crashed evaluation rerun only its unfinished tasks."""
+
+    def __init__(self, folder, source, model, config: dict):
+        self.folder = Path(folder)
+        blob = json.dumps({"model": _fingerprint(source, model), "config": config}, sort_keys=True, default=str)
+        self.key = hashlib.sha256(blob.encode()).hexdigest()
+
+    def load(self, name: str):
+        path = self.folder / f"{name}.json"
+        if not path.is_file():
+            return None
+        kept = json.loads(path.read_text())
+        return (kept["results"], kept["samples"], kept["seconds"]) if kept.get("key") == self.key else None
+
+    def save(self, name: str, results: dict, samples: list[dict], seconds: float) -> None:
+        kept = {"key": self.key, "results": results, "samples": samples, "seconds": seconds}
+        provenance.write_text(self.folder / f"{name}.json", json.dumps(kept, ensure_ascii=False, default=str))
 
 
 # ---- helpers ----

@@ -61,6 +61,7 @@ class HealConfig:
     logging_steps: int = 10
     gradient_checkpointing: bool = True
     dtype: str | None = None  # weights dtype for training (default: checkpoint's; float32 for full/partial)
+    process_group_timeout_s: int = 7200  # collectives under `accelerate launch` (torch's default is 10 minutes)
 
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else (2e-4 if self.mode in PEFT_MODES else 2e-5)
@@ -72,7 +73,7 @@ def heal(model: str, data: str | Path, out: str | Path, config: HealConfig | Non
     config = config or HealConfig()
     _check_config(config)
     out = check_out_dir(out, overwrite)
-    state = process_state()  # under `accelerate launch`: this process's rank and device
+    state = process_state(config.process_group_timeout_s)  # under `accelerate launch`: rank and device
     rows = read_rows(data, config.response_field, lm=config.mode == "lm")
     net, tok = _load(model, config, state)
     fingerprint = fingerprint_source(model, net)  # before training changes the weights
@@ -219,6 +220,7 @@ def build_trainer(net, tok, rows, c: HealConfig, work: Path, callbacks=()):
         gradient_checkpointing_kwargs={"use_reentrant": False}, report_to="none",
         max_length=None,  # truncation is ours (fit_to_length), so dropped/truncated rows can be counted
         completion_only_loss=c.mode != "lm", dataset_num_proc=None, use_cpu=not torch.cuda.is_available(),
+        ddp_timeout=c.process_group_timeout_s,
     )
     peft = lora_config(net, c) if c.mode in PEFT_MODES else None
     trainer = SFTTrainer(model=net, args=args, train_dataset=build_dataset(tok, rows, lm=c.mode == "lm"),

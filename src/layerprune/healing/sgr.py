@@ -41,12 +41,12 @@ def sample_seed(seed: int, pid: str) -> int:
 def generate_sgr(teacher: str, prompts: str, out: str | Path, num: int | None = None, seed: int = 0,
                  shuffle_seed: int = 42, max_new_tokens: int = 8192, temperature: float = 0.9, top_p: float = 0.95,
                  top_k: int = 0, batch_size: int = 8, max_prompt_tokens: int | None = None, dtype: str | None = None,
-                 device: str = "auto", overwrite: bool = False) -> dict:
+                 device: str = "auto", overwrite: bool = False, process_group_timeout_s: int = 7200) -> dict:
     """Answer `num` prompts of `prompts` with `teacher`, append to `out` (JSONL); return a summary."""
     from layerprune.loading import load_model
 
     _check_args(out, temperature, top_p, max_new_tokens, batch_size)
-    state = process_state()
+    state = process_state(process_group_timeout_s)  # ranks may finish their shards minutes apart
     out = Path(out)
     if overwrite and state.is_main_process:
         for f in [out, *_parts(out)]:
@@ -58,6 +58,7 @@ def generate_sgr(teacher: str, prompts: str, out: str | Path, num: int | None = 
         raise UsageError(f"teacher {teacher} has no tokenizer; save one next to the model")
     params = {"teacher": teacher, "teacher_fingerprint": fingerprint_source(teacher, model),
               "temperature": temperature, "top_p": top_p, "top_k": top_k, "max_new_tokens": max_new_tokens,
+              "process_group_timeout_s": process_group_timeout_s,
               "seed": seed, "shuffle_seed": shuffle_seed}
     keep = None
     if max_prompt_tokens is not None:

@@ -112,6 +112,7 @@ class SGRConfig(_Strict):
     top_p: float = Field(0.95, gt=0, le=1)
     max_new_tokens: int = Field(1024, ge=1)
     batch_size: int = Field(8, ge=1)
+    process_group_timeout_s: int = Field(7200, ge=60, description="collective timeout under accelerate launch")
 
 
 _H = HealConfig()  # healing defaults live in HealConfig; the study reuses them
@@ -130,6 +131,8 @@ class TrainConfig(_Strict):
     grad_accum: int = _H.grad_accum
     max_length: int = _H.max_length
     partial_layers: int = _H.partial_layers
+    process_group_timeout_s: int = Field(_H.process_group_timeout_s, ge=60,
+                                         description="collective timeout under accelerate launch (torch: 10 min)")
 
     def heal_config(self, response_field: str, seed: int) -> HealConfig:
         fields = self.model_dump()
@@ -204,11 +207,45 @@ class EvalConfig(_Strict):
 
 
 class SpeedConfig(_Strict):
+    """How the speed step measures (layerprune.study.speed): a pruned model is timed interleaved with its baseline."""
+
     enabled: bool = True
-    prompt_tokens: int = 128
-    new_tokens: int = 32
-    batch_size: int = 1
-    repeats: int = 3
+    prompt_tokens: int = Field(128, ge=1)
+    new_tokens: int = Field(32, ge=1)
+    batch_size: int = Field(1, ge=1, description="the interactive batch (decode tokens/s a single user sees)")
+    serving_batch_size: int = Field(8, ge=1, description="a serving batch, measured as well")
+    repeats: int = Field(5, ge=1, description="interleaved rounds (each times baseline and pruned model once)")
+    warmup_max: int = Field(10, ge=1, description="warm-up runs at most, until two decode timings agree")
+    warmup_tolerance: float = Field(0.1, gt=0, description="relative agreement that ends the warm-up")
+    max_spread: float = Field(0.25, gt=0, description="IQR/median of the paired ratios above which no speedup "
+                                                     "is reported, only a note that the machine was too busy")
+    max_seconds: float | None = Field(None, gt=0, description="stop repeating (after 3 rounds) past this time")
+
+
+class ExecutorConfig(_Strict):
+    """Where the steps run: `local` (one process, in order) or `ray` (each ready step a Ray task; docs/scale-out.md)."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = Field(None, description="Ray cluster: `auto`, HOST:PORT or ray://...; default: start Ray "
+                                                   "on this machine (127.0.0.1 only)")
+    resources: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="per step kind, what its Ray task asks for: {num_cpus, num_gpus, memory, "
+                                          "<custom>: n}; default: 1 GPU for model steps when the cluster has GPUs, "
+                                          "else 1 CPU (e.g. {heal: {num_gpus: 4}})")
+    max_retries: int = Field(2, ge=0, description="times a step is retried when its node or worker is lost")
+
+    @field_validator("resources")
+    @classmethod
+    def _kinds(cls, v):
+        from layerprune.study.plan import KINDS
+
+        for kind, req in v.items():
+            if kind not in KINDS:
+                raise ValueError(f"unknown step kind {kind!r}; one of {', '.join(KINDS)}")
+            for name, amount in req.items():
+                if amount < 0:
+                    raise ValueError(f"{kind}.{name}: {amount} must be >= 0")
+        return v
 
 
 class ReportConfig(_Strict):
@@ -227,6 +264,7 @@ class StudyConfig(_Strict):
     eval: EvalConfig
     speed: SpeedConfig = SpeedConfig()
     report: ReportConfig = ReportConfig()
+    executor: ExecutorConfig = ExecutorConfig()
 
     @model_validator(mode="after")
     def _unique_names(self):

@@ -47,7 +47,9 @@ def format_plan(plan: Plan) -> str:
 
 
 def run_study(cfg: StudyConfig, root: str | Path, base_dir: str | Path = ".", dry_run: bool = False,
-              log: Callable[[str], None] = tqdm.write) -> Plan:
+              log: Callable[[str], None] = tqdm.write, executor: str | None = None,
+              ray_address: str | None = None) -> Plan:
+    """`executor`/`ray_address` override the config's `executor.kind`/`executor.address` (the CLI flags)."""
     from transformers.utils import logging as hf_logging
 
     from layerprune.study.steps import RUNNERS
@@ -58,15 +60,13 @@ def run_study(cfg: StudyConfig, root: str | Path, base_dir: str | Path = ".", dr
     if dry_run:
         log(format_plan(plan))
         return plan
+    if (executor or cfg.executor.kind) == "ray" or ray_address:
+        from layerprune.study.ray_executor import run_study_ray  # Ray is imported only on this path
+
+        return run_study_ray(cfg, plan, root, Path(base_dir), ray_address or cfg.executor.address, log)
     store = Store(root)
     with store.lock():
-        store.clean_partial()
-        write_text(store.root / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        write_json(store.root / "plan.json", {"steps": [s.__dict__ for s in plan.steps], "variants": plan.variants,
-                                                 "scaling": plan.scaling})
-        store.register(plan.steps)
-        todo = [s for s in plan.steps if not store.is_done(s.id)]
-        log(f"{len(plan.steps)} steps, {len(plan.steps) - len(todo)} already done, {len(todo)} to run in {root}")
+        todo = prepare_root(store, cfg, plan, log)
         failed: list[Step] = []
         for step in tqdm(todo, desc="study", unit="step", dynamic_ncols=True):
             if not all(store.is_done(d) for d in step.deps):  # a dependency failed in this run
@@ -85,6 +85,18 @@ def run_study(cfg: StudyConfig, root: str | Path, base_dir: str | Path = ".", dr
     return plan
 
 
+def prepare_root(store: Store, cfg: StudyConfig, plan: Plan, log) -> list[Step]:
+    """Under the root's lock: clear dead temp dirs, record config and plan, register steps; the steps to run."""
+    store.clean_partial()
+    write_text(store.root / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    write_json(store.root / "plan.json", {"steps": [s.__dict__ for s in plan.steps], "variants": plan.variants,
+                                             "scaling": plan.scaling})
+    store.register(plan.steps)
+    todo = [s for s in plan.steps if not store.is_done(s.id)]
+    log(f"{len(plan.steps)} steps, {len(plan.steps) - len(todo)} already done, {len(todo)} to run in {store.root}")
+    return todo
+
+
 class StudyFailed(Exception):
     """Some steps failed; everything that could run did, and a rerun resumes from there."""
 
@@ -93,17 +105,39 @@ def _run_step(step: Step, ctx: StepContext, runner, log) -> None:
     store = ctx.store
     store.mark(step.id, "running")
     t0 = time.time()
-    meta = {"id": step.id, "kind": step.kind, "label": step.label, "params": step.params, "deps": list(step.deps),
-            "seed": ctx.cfg.seed, "versions": versions(), "started": now()}
     try:
-        with store.producing(step.id, meta) as out:
-            runner(ctx, out)
-            meta.update(finished=now(), seconds=round(time.time() - t0, 3))
+        produce(ctx, runner)
     except BaseException as err:
         store.mark(step.id, "failed", error=f"{type(err).__name__}: {err}")
         raise
     store.mark(step.id, "done")
     log(f"done {step.kind} {step.label} ({time.time() - t0:.1f}s)")
+
+
+def produce(ctx: StepContext, runner) -> None:
+    """Run one step's runner into a temp dir that becomes `steps/<id>/` on success (no index writes: the local
+    executor and a Ray worker both call this), then free what the step loaded before the next one."""
+    step, t0 = ctx.step, time.time()
+    meta = {"id": step.id, "kind": step.kind, "label": step.label, "params": step.params, "deps": list(step.deps),
+            "seed": ctx.cfg.seed, "versions": versions(), "started": now()}
+    try:
+        with ctx.store.producing(step.id, meta) as out:
+            runner(ctx, out)
+            meta.update(finished=now(), seconds=round(time.time() - t0, 3))
+    finally:
+        free_memory()
+
+
+def free_memory() -> None:
+    """Drop the previous step's model: collect reference cycles (HF modules hold some) and return cached GPU
+    memory, so the next step in this process (or Ray worker) starts from an empty device."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def read_step(store: Store, step_id: str, name: str) -> dict:

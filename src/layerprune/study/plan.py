@@ -73,7 +73,9 @@ def make_plan(cfg: StudyConfig) -> Plan:
         def speed(model_step: str, what: str) -> str | None:
             if not cfg.speed.enabled:
                 return None
-            return b.add("speed", f"speed {what}", {"speed": cfg.speed.model_dump(), "seed": cfg.seed}, (model_step,))
+            # a pruned model is timed interleaved with its baseline (deps: pruned, source): load drift hits both
+            deps = (model_step,) if model_step == src else (model_step, src)
+            return b.add("speed", f"speed {what}", {"speed": cfg.speed.model_dump(), "seed": cfg.seed}, deps)
 
         variants.append(_variant(m.name, None, 0, 0.0, "none", evaluate(src, m.name), speed(src, m.name), L))
         data = _healing_data(b, cfg, m, src)

@@ -1,7 +1,7 @@
 """One runner per step kind: read the dependencies' outputs, call the library verb, write into `out`.
 
 Every runner is a thin adapter over a public function (`prune`, `score`, `evaluate`, `generate_sgr`, `heal`,
-`speed.measure`), so a study does exactly what the CLI verbs do.
+`speed.speed_record`), so a study does exactly what the CLI verbs do.
 """
 
 from __future__ import annotations
@@ -104,19 +104,21 @@ def run_eval(ctx, out: Path) -> None:
         num_samples=ev["num_samples"], allow_weaker_sandbox=ev.get("allow_weaker_sandbox", False))
     evaluate(model_path(ctx.input(0)), ev["tasks"], opts, out_dir=out, batch_size=ev["batch_size"],
              dtype=model_dtype(ctx.input(0)),
-             device=ctx.cfg.device, progress=False)
+             device=ctx.cfg.device, progress=False, resume_dir=ctx.work / "tasks")  # a rerun runs only unfinished tasks
 
 
 def run_speed(ctx, out: Path) -> None:
+    """Time the step's model; a pruned one interleaved with its baseline (second dependency) in this process."""
     from layerprune.loading import load_model
     from layerprune.provenance import write_json
-    from layerprune.study.speed import measure
+    from layerprune.study.speed import speed_record
 
-    sp = ctx.step.params["speed"]
-    model, _ = load_model(model_path(ctx.input(0)), dtype=model_dtype(ctx.input(0)), device=ctx.cfg.device,
-                          tokenizer=False)
-    write_json(out / "speed.json", measure(model, sp["prompt_tokens"], sp["new_tokens"], sp["batch_size"],
-                                           sp["repeats"], seed=ctx.step.params["seed"]))
+    sp = dict(ctx.step.params["speed"])
+    sp.pop("enabled")
+    models = [load_model(model_path(ctx.input(i)), dtype=model_dtype(ctx.input(i)), device=ctx.cfg.device,
+                         tokenizer=False)[0] for i in range(len(ctx.step.deps))]
+    write_json(out / "speed.json", speed_record(models[0], models[1] if len(models) > 1 else None, **sp,
+                                                seed=ctx.step.params["seed"]))
 
 
 def run_prompts(ctx, out: Path) -> None:
@@ -155,6 +157,7 @@ def run_sgr(ctx, out: Path) -> None:
     generate_sgr(model_path(ctx.input(0)), str(ctx.input(1) / "prompts.jsonl"), work_file, seed=p["seed"],
                  shuffle_seed=p["seed"], max_new_tokens=sgr["max_new_tokens"], temperature=sgr["temperature"],
                  top_p=sgr["top_p"], batch_size=sgr["batch_size"], device=ctx.cfg.device,
+                 process_group_timeout_s=sgr["process_group_timeout_s"],
                  dtype=model_dtype(ctx.input(0)))
     os.replace(work_file, out / "sgr.jsonl")
 
