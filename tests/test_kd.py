@@ -28,7 +28,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def sgr_rows(n=4, start=0):
     return [{"id": str(i), "messages": [SYSTEM, {"role": "user", "content": f"Add {i} and {i + 3}."}],
-             "response": f"{i} plus {i + 3} is {2 * i + 3}.", "original": f"{2 * i + 3}"} for i in range(start, start + n)]
+             "response": f"{i} plus {i + 3} is {2 * i + 3}.", "original": f"{2 * i + 3}"}
+            for i in range(start, start + n)]
 
 
 def write_jsonl(path, rows):

@@ -62,7 +62,8 @@ def _add_linear_arguments(g):
     from layerprune.healing.linear import DEFAULT_CALIBRATION, LinearConfig
 
     c = LinearConfig()
-    g.add_argument("--calibration", default=None, help=f".txt, .jsonl or hub dataset id (default {DEFAULT_CALIBRATION})")
+    g.add_argument("--calibration", default=None,
+                   help=f".txt, .jsonl or hub dataset id (default {DEFAULT_CALIBRATION})")
     g.add_argument("--text-field", default=c.text_field, help="JSONL field / dataset column (default text)")
     g.add_argument("--split", default=c.split, help=f"hub dataset split (default {c.split})")
     g.add_argument("--seq-len", type=int, default=c.seq_len, help=f"tokens per window (default {c.seq_len})")

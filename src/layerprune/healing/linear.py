@@ -14,9 +14,9 @@ applied to the MLP output of the last kept layer a-1. On calibration text, in th
     T = argmin ||M T - (L - Y)||²  (+ ridge · mean(diag MᵀM) · ||T||²)  =  (MᵀM + λ I)⁻¹ Mᵀ (L - Y)
 
 accumulated in float64 over all tokens (MᵀM and Mᵀ(L-Y) are D × D, so memory does not grow with the data),
-then folded into the down projection: y = a Wᵀ + b ↦ y T = a (Tᵀ W)ᵀ + b T, i.e. W ← Tᵀ W, b ← b T (GPT-2's
-Conv1D stores Wᵀ: W ← W T). The layer then outputs Y + M T exactly; nothing else in the layer reads M, also in
-parallel attention+MLP blocks (x + attn(n(x)) + mlp(n'(x))), so the fold is exact there too. Families whose
+then folded into the down projection: y = a Wᵀ + b ↦ y T = a (Tᵀ W)ᵀ + b T, i.e. W ← Tᵀ W, b ← b T
+(GPT-2's Conv1D stores Wᵀ: W ← W T). The layer then outputs Y + M T exactly; nothing else in the layer
+reads M, also in parallel attention+MLP blocks (x + attn(n(x)) + mlp(n'(x))), so the fold is exact there too. Families whose
 MLP output is normed before the residual add (Gemma-2/3, OLMo-2/3, post-LN OPT) or routed through fused
 experts are refused (`families.Family.fold_refused`).
 

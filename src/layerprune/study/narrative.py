@@ -51,6 +51,28 @@ def _overview(s: dict) -> list[str]:
         out.append(f"Overview — SGR vs. original responses: SGR recovered more in {better}, original responses in "
                    f"{worse}, and the data could not tell in {len(sgr) - better - worse} of {len(sgr)} comparisons "
                    "(paired bootstrap CI of the recovery difference).")
+    return out + _best_arms(s)
+
+
+def _best_arms(s: dict) -> list[str]:
+    """Per (model, layers removed, task type): the arm (with its criterion) of highest retention, and the arms of
+    the same cut whose intervals overlap it (not distinguishable on this data)."""
+    cuts = defaultdict(lambda: defaultdict(dict))  # (model, n, ratio, kind) → criterion → arm → estimate
+    for r in s["retention"]:
+        if r["criterion"] is not None and r["retention"]["value"] == r["retention"]["value"]:
+            cuts[(r["model"], r["num_drop"], r["ratio"], r["kind"])][r["criterion"]][r["arm"]] = r["retention"]
+    out = []
+    for (model, n, ratio, kind), by_crit in sorted(cuts.items()):
+        if max(len(arms) for arms in by_crit.values()) < 2:
+            continue
+        pairs = [(c, a) for c, arms in by_crit.items() for a in arms]
+        crit, arm = max(pairs, key=lambda ca: by_crit[ca[0]][ca[1]]["value"])
+        best = by_crit[crit][arm]
+        ties = [a for a, e in by_crit[crit].items() if a != arm and _compare(best, e) == "not distinguishable"]
+        tail = (f"not distinguishable from {', '.join(ties)} at that cut" if ties
+                else "above every other arm at that cut (non-overlapping intervals)")
+        out.append(f"Overview — best arm, {model}, {n} layers removed ({ratio:.0%}), {kind}: {arm} ({crit}) "
+                   f"retains {_fmt(best)}; {tail}.")
     return out
 
 

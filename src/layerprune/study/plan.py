@@ -91,13 +91,29 @@ def make_plan(cfg: StudyConfig) -> Plan:
                 for arm in cfg.healing.arms:
                     if arm.kind == "none":
                         continue
-                    healed = b.add("heal", f"heal {tag}/{arm.label}", {
-                        "arm": arm.kind, "responses": arm.responses,
-                        "train": cfg.healing.train_for(arm).model_dump(), "seed": cfg.seed,
-                        "chat_template": m.chat_template}, (pruned, data[arm.responses]))
+                    healed = _heal_step(b, cfg, m, arm, tag, pruned, data, src)
                     variants.append(_variant(m.name, criterion, n, ratio, arm.label,
                                              evaluate(healed, f"{tag}/{arm.label}"), sp, L))
     return Plan(tuple(b.steps.values()), tuple(variants))
+
+
+def _heal_step(b: _Builder, cfg: StudyConfig, m: ModelConfig, arm, tag: str, pruned: str, data: dict[str, str],
+               src: str) -> str:
+    """The step that produces `arm`'s model. `linear` is one shared step per cut (also the start of
+    `linear+sgr`); `kd` reads the unpruned model as its teacher."""
+    if arm.kind in ("linear", "linear+sgr"):
+        linear = b.add("heal", f"heal {tag}/linear", {
+            "arm": "linear", "linear": cfg.healing.linear.model_dump(),
+            "calibration": cfg.pruning.calibration.model_dump(), "seed": cfg.seed}, (pruned,))
+        if arm.kind == "linear":
+            return linear
+        pruned = linear  # linear+sgr: SFT on SGR from the repaired model
+    params = {"arm": "sgr" if arm.kind == "linear+sgr" else arm.kind, "responses": arm.responses,
+              "train": cfg.healing.train_for(arm).model_dump(), "seed": cfg.seed, "chat_template": m.chat_template}
+    if arm.kind == "kd":
+        params["kd"] = cfg.healing.kd.model_dump()
+        return b.add("heal", f"heal {tag}/{arm.label}", params, (pruned, data[arm.responses], src))
+    return b.add("heal", f"heal {tag}/{arm.label}", params, (pruned, data[arm.responses]))
 
 
 def _variant(model, criterion, n, ratio, arm, eval_id, speed_id, L) -> dict[str, Any]:
@@ -107,7 +123,7 @@ def _variant(model, criterion, n, ratio, arm, eval_id, speed_id, L) -> dict[str,
 
 def _healing_data(b: _Builder, cfg: StudyConfig, m: ModelConfig, src: str) -> dict[str, str]:
     """Step ids of the training files: the prompt pool (original responses) and, if any arm needs it, SGR."""
-    needs = {a.responses for a in cfg.healing.arms if a.kind != "none"}
+    needs = {a.responses for a in cfg.healing.arms if a.kind not in ("none", "linear")}
     if not needs:
         return {}
     pool = b.add("prompts", "prompts", {"prompts": cfg.healing.prompts.model_dump(), "seed": cfg.seed})
