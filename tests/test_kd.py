@@ -160,3 +160,12 @@ def test_bad_input_is_one_line_exit_2(tmp_path, models, capsys):
     code, err = run(models / "pruned", "--out", tmp_path / "o4", "--kd-beta", 2)
     assert code == 2 and "[0, 1]" in err
     assert not any(p.name.startswith(("o1", "o2", "o3", "o4", ".o")) for p in tmp_path.iterdir())
+
+
+def test_on_policy_batches_run(tmp_path, models):
+    """lmbda = 1: every batch is answered by the student from the collator's prompts, then scored by the teacher."""
+    data = write_jsonl(tmp_path / "sgr.jsonl", sgr_rows(2))
+    rec = distill(str(models / "pruned"), data, tmp_path / "out", HealConfig(max_steps=2, **FAST),
+                  KDConfig(lmbda=1.0, beta=0.5, temperature=0.7, max_new_tokens=4))
+    assert rec["steps"] == 2 and rec["final_loss"] == rec["final_loss"] and rec["final_loss"] >= 0
+    assert rec["kd"]["lmbda"] == 1.0 and rec["kd"]["beta"] == 0.5 and rec["kd"]["temperature"] == 0.7
