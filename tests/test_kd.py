@@ -159,7 +159,10 @@ def test_bad_input_is_one_line_exit_2(tmp_path, models, capsys):
     assert code == 2 and "cannot be loaded" in err and "\n" not in err
     code, err = run(models / "pruned", "--out", tmp_path / "o4", "--kd-beta", 2)
     assert code == 2 and "[0, 1]" in err
-    assert not any(p.name.startswith(("o1", "o2", "o3", "o4", ".o")) for p in tmp_path.iterdir())
+    capsys.readouterr()
+    assert main(["heal", str(models / "pruned"), "--out", str(tmp_path / "o5"), "--mode", "kd"]) == 2
+    assert "trains on --data" in capsys.readouterr().err
+    assert not any(p.name.startswith(("o1", "o2", "o3", "o4", "o5", ".o")) for p in tmp_path.iterdir())
 
 
 def test_on_policy_batches_run(tmp_path, models):

@@ -62,3 +62,24 @@ def test_bad_arm_settings_are_one_line_exit_2(tmp_path, capsys, arms, healing, m
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and __import__("re").search(message, err), err
     assert not root.exists()
+
+
+def test_overview_names_the_best_arm_and_its_ties():
+    from layerprune.study.narrative import _best_arms
+
+    def row(crit, arm, kind, value, lo, hi):
+        return {"model": "m", "criterion": crit, "num_drop": 4, "ratio": 1 / 3, "arm": arm, "kind": kind,
+                "retention": {"value": value, "lo": lo, "hi": hi}}
+
+    s = {"retention": [row("bi", "none", "generative", 0.2, 0.1, 0.3),
+                       row("bi", "kd", "generative", 0.6, 0.5, 0.7),
+                       row("bi", "sgr", "generative", 0.55, 0.45, 0.65),
+                       row("reverse", "kd", "generative", 0.4, 0.3, 0.5),
+                       row("bi", "none", "classification", 0.5, 0.45, 0.55),
+                       row("bi", "linear", "classification", 0.8, 0.75, 0.85)]}
+    lines = _best_arms(s)
+    assert lines == [
+        "Overview — best arm, m, 4 layers removed (33%), classification: linear (bi) retains 80% [75, 85]; above "
+        "every other arm at that cut (non-overlapping intervals).",
+        "Overview — best arm, m, 4 layers removed (33%), generative: kd (bi) retains 60% [50, 70]; not "
+        "distinguishable from sgr at that cut."]
