@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def test_demo_configs_validate():
     full, quick = demo_config(), demo_config(quick=True)
     assert full.pruning.criteria == ["reverse", "bi", "angular"] and [a.kind for a in full.healing.arms] == [
-        "none", "original", "sgr"]
+        "none", "original", "sgr", "kd", "linear"]
     assert quick.eval.limit < full.eval.limit and quick.models[0].path == str(testbed_model_dir())
 
 
@@ -42,7 +42,8 @@ def test_quick_demo_end_to_end(quick_demo):
         assert f"## {section}" in md
     summary = json.loads((out / "summary.json").read_text())
     assert {r["kind"] for r in summary["retention"]} == {"classification", "generative"}
-    assert {r["arm"] for r in summary["retention"]} == {"none", "original", "sgr"}
+    assert {r["arm"] for r in summary["retention"]} == {"none", "original", "sgr", "kd", "linear"}
+    assert "Overview — best arm" in md
     assert (out / "figures" / "retention_testbed.png").exists()
     # a rerun resumes: nothing left to do
     assert main(["demo", "--quick", "--out", str(out)]) == 0

@@ -53,6 +53,18 @@ class Family:
     # Fused MoE experts are (experts, out, in) parameters, not Linear modules: PEFT adapts them through
     # `target_parameters` (names relative to a decoder layer; dense layers of the same model have none).
     lora_parameters: tuple[str, ...] = ()
+    # ReplaceMe's linear repair (`healing/linear.py`) folds a map into the module whose output is the MLP's
+    # additive contribution to the residual stream: its dotted path inside a decoder layer (a Linear, or GPT-2's
+    # Conv1D). Exact whenever nothing in the layer reads that output before the residual add, also for parallel
+    # attention+MLP blocks (x + attn(n(x)) + mlp(n'(x))). `fold_refused` says why a family has no exact fold;
+    # `fold_blockers` maps a config flag to (value that blocks, reason) for checkpoints of a foldable family.
+    mlp_out: str = "mlp.down_proj"
+    mlp_out_scale: str | None = None  # config key of a scalar multiplying the MLP output (granite)
+    fold_refused: str | None = None
+    fold_blockers: Mapping[str, tuple[object, str]] = field(default_factory=dict)
+    # False when learned position embeddings are added to the token embeddings before layer 0 (a removed block
+    # that starts at layer 0 is then left unrepaired: its input is not the token embedding alone).
+    embeds_only_tokens: bool = True
 
 
 _SLIDING = {"layer_types": PER_LAYER}
@@ -64,37 +76,43 @@ _QWEN_MOE = {
 
 _NEOX_LORA = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
 _EXPERTS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
+_POST_NORM = "its MLP output passes through post_feedforward_layernorm before the residual add"
+_MOE = "its MLP output is a routed mixture of fused experts (a per-expert fold is not implemented)"
 
 FAMILIES: dict[str, Family] = {
     "llama": Family(),
     "mistral": Family(),
-    "mixtral": Family(lora_parameters=_EXPERTS),
+    "mixtral": Family(lora_parameters=_EXPERTS, fold_refused=_MOE),
     "gemma": Family(),
     "phi3": Family(lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj")),
-    "olmo2": Family(),
-    "granite": Family(),
-    "starcoder2": Family(lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "c_fc", "c_proj")),
+    "olmo2": Family(fold_refused=_POST_NORM),
+    "granite": Family(mlp_out_scale="residual_multiplier"),
+    "starcoder2": Family(lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "c_fc", "c_proj"), mlp_out="mlp.c_proj"),
     # qwen2/qwen3: sliding iff use_sliding_window and i >= max_window_layers (materialized in layer_types).
     "qwen2": Family(per_layer={**_SLIDING, "max_window_layers": LEADING_COUNT}),
     "qwen3": Family(per_layer={**_SLIDING, "max_window_layers": LEADING_COUNT}),
     "qwen2_moe": Family(per_layer={**_SLIDING, "max_window_layers": LEADING_COUNT, **_QWEN_MOE},
-                        lora_parameters=_EXPERTS),
+                        lora_parameters=_EXPERTS, fold_refused=_MOE),
     "qwen3_moe": Family(per_layer={**_SLIDING, "max_window_layers": LEADING_COUNT, **_QWEN_MOE},
-                        lora_parameters=_EXPERTS),
-    "gemma2": Family(per_layer=_SLIDING),
-    "gemma3_text": Family(per_layer=_SLIDING),
+                        lora_parameters=_EXPERTS, fold_refused=_MOE),
+    "gemma2": Family(per_layer=_SLIDING, fold_refused=_POST_NORM),
+    "gemma3_text": Family(per_layer=_SLIDING, fold_refused=_POST_NORM),
     "gemma3": Family(layers="model.language_model.layers", final_norm="model.language_model.norm",
-                     text_config="text_config", per_layer=_SLIDING),
-    "olmo3": Family(per_layer=_SLIDING),
+                     text_config="text_config", per_layer=_SLIDING, fold_refused=_POST_NORM),
+    "olmo3": Family(per_layer=_SLIDING, fold_refused=_POST_NORM),
     "cohere2": Family(per_layer=_SLIDING),
     "smollm3": Family(per_layer={**_SLIDING, "no_rope_layers": PER_LAYER}),
     "gpt2": Family(layers="transformer.h", final_norm="transformer.ln_f", num_layers_key="n_layer",
                    index_dependent={"scale_attn_by_inverse_layer_idx": "attention is scaled by 1/(layer_idx+1)"},
-                   lora_targets=("c_attn", "c_proj", "c_fc")),
-    "gpt_neox": Family(layers="gpt_neox.layers", final_norm="gpt_neox.final_layer_norm", lora_targets=_NEOX_LORA),
+                   lora_targets=("c_attn", "c_proj", "c_fc"), mlp_out="mlp.c_proj", embeds_only_tokens=False),
+    "gpt_neox": Family(layers="gpt_neox.layers", final_norm="gpt_neox.final_layer_norm", lora_targets=_NEOX_LORA,
+                       mlp_out="mlp.dense_4h_to_h"),
     "opt": Family(layers="model.decoder.layers", final_norm="model.decoder.final_layer_norm",
-                  lora_targets=("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")),
-    "falcon": Family(layers="transformer.h", final_norm="transformer.ln_f", lora_targets=_NEOX_LORA),
+                  lora_targets=("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"), mlp_out="fc2",
+                  fold_blockers={"do_layer_norm_before": (False, "post-LN: the residual sum is normed after the MLP")},
+                  embeds_only_tokens=False),
+    "falcon": Family(layers="transformer.h", final_norm="transformer.ln_f", lora_targets=_NEOX_LORA,
+                     mlp_out="mlp.dense_4h_to_h"),
 }
 
 # Config fields whose names mention layers but hold one global value (the audit test's allowlist).

@@ -17,6 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from layerprune.errors import UsageError
+from layerprune.healing.kd import STUDENTS, KDConfig
+from layerprune.healing.linear import LinearConfig
 from layerprune.healing.sft import HealConfig
 
 
@@ -116,6 +118,8 @@ class SGRConfig(_Strict):
 
 
 _H = HealConfig()  # healing defaults live in HealConfig; the study reuses them
+_KD = KDConfig()
+_LIN = LinearConfig()
 
 
 class TrainConfig(_Strict):
@@ -140,17 +144,21 @@ class TrainConfig(_Strict):
         return HealConfig(**fields, response_field=response_field, seed=seed)
 
 
-ArmKind = Literal["none", "original", "sgr", "partial", "lm"]
+ArmKind = Literal["none", "original", "sgr", "partial", "lm", "kd", "linear", "linear+sgr"]
+DATA_FREE_ARMS = ("none", "linear")  # arms that train on no responses
 
 
 class ArmConfig(_Strict):
     """A healing arm: `none` (no healing), `original` (dataset responses), `sgr` (the unpruned model's own
-    responses), `partial` (last k layers + head, Lu et al.), `lm` (LM loss on plain text, Gromov et al.)."""
+    responses), `partial` (last k layers + head, Lu et al.), `lm` (LM loss on plain text, Gromov et al.),
+    `kd` (logit distillation from the unpruned model on the SGR rows), `linear` (training-free ReplaceMe repair
+    on the pruning calibration text), `linear+sgr` (the linear repair, then SFT on SGR)."""
 
     kind: ArmKind
     name: str | None = None
     data: Literal["original", "sgr"] | None = Field(
-        None, description="responses trained on; default: sgr for `sgr`, the dataset's original ones otherwise")
+        None, description="responses trained on; default: sgr for `sgr`, `kd`, `linear+sgr`, the dataset's original "
+                          "ones otherwise")
     train: TrainConfig | None = Field(None, description="replaces healing.train for this arm")
 
     @property
@@ -159,7 +167,23 @@ class ArmConfig(_Strict):
 
     @property
     def responses(self) -> str:
-        return self.data or ("sgr" if self.kind == "sgr" else "original")
+        return self.data or ("sgr" if self.kind in ("sgr", "kd", "linear+sgr") else "original")
+
+
+class KDOptions(_Strict):
+    """`kd` arms: TRL GKD settings (the student is `train.mode`: lora, qlora or full)."""
+
+    lmbda: float = Field(_KD.lmbda, ge=0, le=1, description="share of on-policy batches")
+    beta: float = Field(_KD.beta, ge=0, le=1, description="0 forward KL … 1 reverse KL")
+    temperature: float = Field(_KD.temperature, gt=0)
+    max_new_tokens: int = Field(_KD.max_new_tokens, ge=1, description="on-policy answer length")
+
+
+class LinearOptions(_Strict):
+    """`linear` arms: calibration is `pruning.calibration` (default source: healing.linear.DEFAULT_CALIBRATION)."""
+
+    ridge: float = Field(_LIN.ridge, ge=0)
+    alpha: float | None = Field(_LIN.alpha, description="fold I + α(T − I); default: α by calibration NLL")
 
 
 class HealingConfig(_Strict):
@@ -167,6 +191,18 @@ class HealingConfig(_Strict):
     prompts: PromptsConfig = PromptsConfig()
     sgr: SGRConfig = SGRConfig()
     train: TrainConfig = TrainConfig()
+    kd: KDOptions = KDOptions()
+    linear: LinearOptions = LinearOptions()
+
+    @model_validator(mode="after")
+    def _kd_student(self):
+        for arm in self.arms:
+            if arm.kind == "kd" and self.train_for(arm).mode not in STUDENTS:
+                raise ValueError(f"arm {arm.label!r}: a kd student trains as {', '.join(STUDENTS)}, "
+                                 f"not {self.train_for(arm).mode!r}; set its train.mode")
+            if arm.kind in DATA_FREE_ARMS and (arm.data or arm.train):
+                raise ValueError(f"arm {arm.label!r} trains on nothing; drop its `data`/`train`")
+        return self
 
     @field_validator("arms", mode="before")
     @classmethod

@@ -91,9 +91,7 @@ def make_plan(cfg: StudyConfig) -> Plan:
                 (src,))
 
             def heal(model_step: str, tag: str, arm, train: dict) -> str:
-                return b.add("heal", f"heal {tag}/{arm.label}", {
-                    "arm": arm.kind, "responses": arm.responses, "train": train, "seed": cfg.seed,
-                    "chat_template": m.chat_template}, (model_step, data[arm.responses]))
+                return _heal_step(b, cfg, m, arm, tag, model_step, data, src, train)
 
             for n, ratio in sizes:
                 tag = f"{m.name}/{criterion}/n{n}"
@@ -190,6 +188,25 @@ def _prompt_params(m: ModelConfig) -> dict[str, Any]:
     return out
 
 
+def _heal_step(b: _Builder, cfg: StudyConfig, m: ModelConfig, arm, tag: str, pruned: str, data: dict[str, str],
+               src: str, train: dict[str, Any]) -> str:
+    """The step that produces `arm`'s model. `linear` is one shared step per cut (also the start of
+    `linear+sgr`); `kd` reads the unpruned model as its teacher."""
+    if arm.kind in ("linear", "linear+sgr"):
+        linear = b.add("heal", f"heal {tag}/linear", {
+            "arm": "linear", "linear": cfg.healing.linear.model_dump(),
+            "calibration": cfg.pruning.calibration.model_dump(), "seed": cfg.seed}, (pruned,))
+        if arm.kind == "linear":
+            return linear
+        pruned = linear  # linear+sgr: SFT on SGR from the repaired model
+    params = {"arm": "sgr" if arm.kind == "linear+sgr" else arm.kind, "responses": arm.responses,
+              "train": train, "seed": cfg.seed, "chat_template": m.chat_template}
+    if arm.kind == "kd":
+        params["kd"] = cfg.healing.kd.model_dump()
+        return b.add("heal", f"heal {tag}/{arm.label}", params, (pruned, data[arm.responses], src))
+    return b.add("heal", f"heal {tag}/{arm.label}", params, (pruned, data[arm.responses]))
+
+
 def _variant(model, criterion, n, ratio, arm, eval_id, speed_id, L) -> dict[str, Any]:
     return {"model": model, "criterion": criterion, "num_drop": n, "ratio": ratio, "arm": arm,
             "num_layers": L, "eval": eval_id, "speed": speed_id}
@@ -197,7 +214,7 @@ def _variant(model, criterion, n, ratio, arm, eval_id, speed_id, L) -> dict[str,
 
 def _healing_data(b: _Builder, cfg: StudyConfig, m: ModelConfig, src: str) -> dict[str, str]:
     """Step ids of the training files: the prompt pool (original responses) and, if any arm needs it, SGR."""
-    needs = {a.responses for a in cfg.healing.arms if a.kind != "none"}
+    needs = {a.responses for a in cfg.healing.arms if a.kind not in ("none", "linear")}
     if not needs:
         return {}
     pool = b.add("prompts", "prompts", {"prompts": cfg.healing.prompts.model_dump(), "seed": cfg.seed})

@@ -24,7 +24,7 @@ from layerprune.study.figures import DPI, FIGURES
 from layerprune.study.narrative import headline, scale_line
 from layerprune.study.reasoning import FIGURES as REASONING_FIGURES
 from layerprune.study.reasoning import answers_table, scaling_table, schedules_table, stability_table
-from layerprune.study.tables import (arm_gap_table, recovery_table, retention_table, safe_depth_table, speed_table,
+from layerprune.study.tables import (arm_gap_table, best_arm_table, recovery_table, retention_table, safe_depth_table, speed_table,
                                      task_tables)
 
 Block = tuple
@@ -81,6 +81,8 @@ def build_blocks(s: dict, cfg: dict, root: Path) -> list[Block]:
                            "0 = no gain.")] + recovery_table(s)
                   + [("p", "Arm vs. arm: paired difference in recovery (percentage points) [CI]; 'cannot tell' "
                            "where the interval crosses 0.")] + arm_gap_table(s)
+                  + [("p", "Best arm per cut and task type: highest retention, and the arms whose intervals overlap "
+                           "it.")] + best_arm_table(s)
                   if any("recovery" in r for r in s["retention"]) else [("p", "No healing arms were run.")])
     if _has(s, "schedules"):
         b += _section("schedules", [("p", "Cut `step` layers, re-score the healed model, heal, repeat — against the "

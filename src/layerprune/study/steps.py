@@ -168,14 +168,35 @@ def run_heal(ctx, out: Path) -> None:
     from layerprune.study.config import TrainConfig
 
     p = ctx.step.params
+    target = ctx.work / "model"
+    if p["arm"] == "linear":
+        if not (target / "healing.json").exists():
+            _repair(ctx, target)
+        os.replace(target, out / "model")
+        return
     data_dir = ctx.input(1)
     data = data_dir / ("sgr.jsonl" if (data_dir / "sgr.jsonl").exists() else "prompts.jsonl")
     field = "response" if p["responses"] == "sgr" else "original"
     config = TrainConfig.model_validate(p["train"]).heal_config(field, p["seed"])
-    target = ctx.work / "model"
-    if not (target / "healing.json").exists():
+    if not (target / "healing.json").exists() and p["arm"] == "kd":
+        from layerprune.healing.kd import KDConfig, distill
+
+        kd = KDConfig(teacher=model_path(ctx.input(2)), student=config.mode, **p["kd"])
+        distill(model_path(ctx.input(0)), data, target, config, kd, overwrite=target.exists())
+    elif not (target / "healing.json").exists():
         heal(model_path(ctx.input(0)), data, target, config, overwrite=target.exists())
     os.replace(target, out / "model")
+
+
+def _repair(ctx, target: Path) -> None:
+    """`linear`: ReplaceMe's repair on the study's pruning calibration text."""
+    from layerprune.healing.linear import LinearConfig, repair
+
+    p, cal = ctx.step.params, ctx.step.params["calibration"]
+    config = LinearConfig(calibration=_resolve(cal["source"], ctx.base_dir) if cal["source"] else None,
+                          text_field=cal["text_field"], seq_len=cal["seq_len"], num_samples=cal["num_samples"],
+                          seed=p["seed"], **p["linear"])
+    repair(model_path(ctx.input(0)), target, config, overwrite=target.exists(), device=ctx.cfg.device)
 
 
 RUNNERS = {

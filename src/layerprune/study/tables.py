@@ -148,3 +148,31 @@ def task_tables(s: dict, cfg: dict | None = None) -> list[Block]:
             out.append(("p", "† base-style completion prompt under a chat template; an instruct model's prose and "
                              "fenced code defeat its stops: use " + ", ".join(INSTRUCT_VARIANT[t] for t in marked) + "."))
     return out
+
+
+def best_arm_table(s: dict) -> list[Block]:
+    """Per cut (model, layers removed) and task type: the healing arm (with its criterion) of highest retention,
+    and the arms of the same criterion and cut whose intervals overlap it (the data cannot tell them apart)."""
+    cuts: dict[tuple, dict] = defaultdict(lambda: defaultdict(dict))  # (model, n, ratio, kind) → crit → arm → est
+    for r in s["retention"]:
+        if r["criterion"] is not None and r["retention"]["value"] == r["retention"]["value"]:
+            cuts[(r["model"], r["num_drop"], r["ratio"], r["kind"])][r["criterion"]][r["arm"]] = r["retention"]
+    body = []
+    for (model, n, ratio, kind), by_crit in sorted(cuts.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][3])):
+        if max(len(arms) for arms in by_crit.values()) < 2:
+            continue
+        crit, arm = max(((c, a) for c, arms in by_crit.items() for a in arms), key=lambda ca: by_crit[ca[0]][ca[1]]["value"])
+        best = by_crit[crit][arm]
+        ties = [a for a, e in by_crit[crit].items() if a != arm and not _apart(best, e)]
+        body.append(([model] if len(_models(s)) > 1 else []) + [f"{ratio:.0%} ({n})", kind, f"{arm} ({crit})",
+                                                                 cell(best),
+                                                                 "cannot tell from " + ", ".join(ties) if ties
+                                                                 else "above every other arm"])
+    head = (["model"] if len(_models(s)) > 1 else []) + ["removed (layers)", "task type", "best arm (criterion)",
+                                                         "retention %", "vs. the other arms of that cut"]
+    return [("table", head, body)] if body else []
+
+
+def _apart(a: dict, b: dict) -> bool:
+    """The two intervals do not overlap."""
+    return a["lo"] == a["lo"] and b["lo"] == b["lo"] and (a["lo"] > b["hi"] or a["hi"] < b["lo"])
