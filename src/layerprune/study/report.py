@@ -24,8 +24,8 @@ from layerprune.study.figures import DPI, FIGURES
 from layerprune.study.narrative import headline, scale_line
 from layerprune.study.reasoning import FIGURES as REASONING_FIGURES
 from layerprune.study.reasoning import answers_table, scaling_table, schedules_table, stability_table
-from layerprune.study.tables import (arm_gap_table, best_arm_table, recovery_table, retention_table, safe_depth_table, speed_table,
-                                     task_tables)
+from layerprune.study.tables import (arm_gap_table, best_arm_table, recovery_table, retention_table,
+                                     safe_depth_table, speed_table, task_tables)
 
 Block = tuple
 
