@@ -90,7 +90,10 @@ class PromptsConfig(_Strict):
     fields: dict[str, str] = Field(default_factory=dict,
                                    description="rename source fields first, e.g. {question: instruction, answer: output}")
     num: int = Field(200, ge=1)
-    max_prompt_tokens: int | None = None
+    allow_fewer: bool = Field(False, description="take every usable prompt when the source has fewer than `num` "
+                                                 "(recorded); otherwise that is an error naming the count")
+    max_prompt_tokens: int | None = Field(None, ge=1, description="skip prompts longer than this (the teacher's "
+                                                                  "tokens, chat template included); counted")
 
 
 class SGRConfig(_Strict):
