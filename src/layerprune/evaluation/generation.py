@@ -58,6 +58,7 @@ class _Row:
     top_k: int
     generator: torch.Generator | None
     out: list[int] = field(default_factory=list)
+    finish: str = "length"  # set to "stop" when EOS or a stop string ends the row
 
 
 def generate_batch(
@@ -80,7 +81,9 @@ def generate_batch(
     texts: list[list[str]] = [[] for _ in requests]
     for row in rows:  # rows are in request order, samples in index order
         texts[row.request_index].append(_finish_text(tokenizer, row))
-    return [GenerationResult(texts=tuple(t)) for t in texts]
+    finish = [tuple(r.finish for r in rows if r.request_index == i) for i in range(len(requests))]
+    counts = [tuple(len(r.out) for r in rows if r.request_index == i) for i in range(len(requests))]
+    return [GenerationResult(texts=tuple(t), finish_reasons=f, new_tokens=n) for t, f, n in zip(texts, finish, counts)]
 
 
 def _make_rows(tokenizer, requests: Sequence[GenerationRequest], max_length: int,
@@ -245,17 +248,17 @@ def _choose(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
 def _step(row: _Row, token: int, tokenizer, eos_ids: set[int]) -> bool:
     """Append `token` to the row; True when the row is finished."""
     if token in eos_ids:
+        row.finish = "stop"
         return True
     row.out.append(token)
-    if len(row.out) >= row.max_new_tokens:
-        return True
     # cheap check on the last few tokens (as lm-eval's MultiTokenEOSCriteria), confirmed on the whole text
     # so that a tokenizer's odd decoding of a cut-off tail can never end a row early
     tail = tokenizer.decode(row.out[-row.lookback :], skip_special_tokens=False)
-    if not any(stop in tail for stop in row.stops):
-        return False
-    text = tokenizer.decode(row.out, skip_special_tokens=False)
-    return any(stop in text for stop in row.stops)
+    if any(stop in tail for stop in row.stops) and any(
+            stop in tokenizer.decode(row.out, skip_special_tokens=False) for stop in row.stops):
+        row.finish = "stop"  # checked before the length, so a stop on the last allowed token counts as a stop
+        return True
+    return len(row.out) >= row.max_new_tokens
 
 
 def _finish_text(tokenizer, row: _Row) -> str:

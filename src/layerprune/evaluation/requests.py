@@ -45,6 +45,8 @@ class GenerationRequest:
 @dataclass(frozen=True)
 class GenerationResult:
     texts: tuple[str, ...] = field(default_factory=tuple)
+    finish_reasons: tuple[str, ...] = ()  # per sample: "stop" (EOS or a stop string) or "length" (max_new_tokens)
+    new_tokens: tuple[int, ...] = ()  # per sample: tokens generated (a stop string's own tokens included)
 
 
 class Backend(Protocol):

@@ -4,7 +4,8 @@
 
 Each output row: ``id`` (hash of the prompt), ``messages`` (the prompt exactly as the teacher got it, system
 turn included), ``response`` (the sample), ``original`` (the source's answer or null), ``format``
-("chat_template" or "fallback") and ``provenance`` (teacher and its fingerprint, sampling parameters, the run
+("chat_template" or "fallback"), ``finish_reason`` ("stop": EOS or end of turn; "length": cut at
+max_new_tokens), ``prompt_tokens`` and ``response_tokens`` (generated tokens) and ``provenance`` (teacher and its fingerprint, sampling parameters, the run
 seed and this prompt's sampling seed).
 
 Determinism: the prompt's sampling seed is ``sha256(f"{seed}:{id}")`` (63 bits); `generate_batch` seeds one CPU
@@ -112,7 +113,9 @@ def _answer(model, tok, prompts: list[Prompt], params: dict, batch_size: int, pa
                     for p, m in zip(chunk, messages)]
         results = generate_batch(model, tok, requests, batch_size=batch_size)
         rows = [{"id": p.id, "messages": m, "response": r.texts[0], "original": p.original, "format": fmt,
-                 "provenance": {**params, "sample_seed": q.seed}}
+                 # "length": cut at max_new_tokens, not a complete answer (heal drops these by default)
+                 "finish_reason": r.finish_reasons[0], "prompt_tokens": len(tok(q.context)["input_ids"]),
+                 "response_tokens": r.new_tokens[0], "provenance": {**params, "sample_seed": q.seed}}
                 for p, m, r, q in zip(chunk, messages, results, requests)]
         _append(part, rows)
         bar.update(len(chunk))

@@ -119,6 +119,7 @@ class TrainConfig(_Strict):
     grad_accum: int = _H.grad_accum
     max_length: int = _H.max_length
     partial_layers: int = _H.partial_layers
+    keep_truncated: bool = Field(_H.keep_truncated, description="train on SGR responses cut at max_new_tokens too")
 
     def heal_config(self, response_field: str, seed: int) -> HealConfig:
         fields = self.model_dump()
