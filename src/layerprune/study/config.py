@@ -172,7 +172,10 @@ class EvalConfig(_Strict):
     num_fewshot: int | None = Field(None, ge=0)
     data_dir: str | None = None
     batch_size: int = Field(8, ge=1)
-    max_new_tokens: int | None = Field(None, ge=1, description="default: each task's own (lm-eval's max_gen_toks)")
+    max_new_tokens: int | None = Field(None, ge=1, description="a cap over each task's own generation limit "
+                                       "(lm-eval's max_gen_toks): lowers it, never raises it; default: no cap")
+    max_new_tokens_by_task: dict[str, int] = Field(default_factory=dict,
+                                                   description="explicit per-task limits, e.g. {gsm8k: 512}")
     temperature: float = 0.0
     top_p: float = 1.0
     num_samples: int = 1

@@ -89,7 +89,8 @@ def run_eval(ctx, out: Path) -> None:
     opts = TaskOptions(
         data_dir=Path(_resolve(ev["data_dir"], ctx.base_dir)) if ev["data_dir"] else None,
         num_fewshot=ev["num_fewshot"], limit=ev["limit"], seed=p["seed"], chat_template=p["chat_template"],
-        system_prompt=p["system_prompt"], max_new_tokens=ev["max_new_tokens"], temperature=ev["temperature"],
+        system_prompt=p["system_prompt"], max_new_tokens_cap=ev["max_new_tokens"],
+        max_new_tokens_by_task=tuple(sorted(ev.get("max_new_tokens_by_task", {}).items())), temperature=ev["temperature"],
         top_p=ev["top_p"], num_samples=ev["num_samples"])
     evaluate(model_path(ctx.input(0)), ev["tasks"], opts, out_dir=out, batch_size=ev["batch_size"],
              dtype=model_dtype(ctx.input(0)),
