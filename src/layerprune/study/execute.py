@@ -56,7 +56,10 @@ def run_study(cfg: StudyConfig, root: str | Path, base_dir: str | Path = ".", dr
 
     plan = make_plan(cfg)
     if dry_run:
+        from layerprune.study.estimate import format_estimate
+
         log(format_plan(plan))
+        log(format_estimate(cfg, plan))
         return plan
     store = Store(root)
     with store.lock():
