@@ -23,7 +23,7 @@ def hub(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hub")
     save_tiny("qwen2", tmp / "model", num_layers=3)
     (tmp / "model" / "original").mkdir()
-    (tmp / "model" / "original" / "consolidated.00.pth").write_bytes(b"x" * 1000)  # never downloaded
+    (tmp / "model" / "original" / "consolidated.00.pth").write_bytes(b"x" * 400_000)  # never downloaded
     (tmp / "data" / "data").mkdir(parents=True)
     (tmp / "data" / "data" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     with HubEmulator() as emu:
@@ -86,7 +86,11 @@ def test_study_model_step_downloads_then_fingerprints_and_pins_the_commit(hub, t
     path = Path(m["path"])
     from layerprune.loading import load_model
     model, tok = load_model("org/tiny")             # the hub id itself, as from_pretrained resolves it
-    print(json.dumps({**res, "config_only": config_only, "dir_fingerprint": fingerprint_dir(path),
+    from layerprune.study.estimate import downloads
+    cfg = StudyConfig.model_validate({"models": [{"name": "m", "path": "org/tiny", "num_layers": 3}],
+                                      "pruning": {"num_drop": [1]}, "eval": {"tasks": ["gsm8k"]},
+                                      "healing": {"arms": ["sgr"], "prompts": {"source": "org/prompts"}}})
+    print(json.dumps({**res, "config_only": config_only, "downloads": downloads(cfg), "dir_fingerprint": fingerprint_dir(path),
                       "files": sorted(p.name for p in path.iterdir()), "layers": model.config.num_hidden_layers,
                       "tokenizer": tok is not None}))
     """)
@@ -96,6 +100,10 @@ def test_study_model_step_downloads_then_fingerprints_and_pins_the_commit(hub, t
     assert m["fingerprint"] == out["dir_fingerprint"]
     assert "model.safetensors" in out["files"] and "config.json" in out["files"] and "original" not in out["files"]
     assert out["layers"] == 3 and out["tokenizer"]
+    # what a dry run says will be downloaded: the files loading needs, sized by the hub (original/ excluded)
+    size = sum(f.stat().st_size for f in Path(m["path"]).iterdir()) / 1e6
+    data = len("".join(json.dumps(r) + "\n" for r in ROWS)) / 1e6
+    assert out["downloads"] == [f"model org/tiny ({size:.1f} MB)", f"dataset org/prompts ({data:.1f} MB)"]
     assert not any("original/" in r for r in hub.requests if "/resolve/" in r)
     p = out["prompts"]
     assert p["repo"] == "org/prompts" and p["revision"] == hub.shas["dataset"]

@@ -103,9 +103,13 @@ def _size(kind: str, repo: str) -> str:
         files = [s for s in info.siblings or [] if kind == "dataset" or (
             any(fnmatch.fnmatch(s.rfilename, p) for p in MODEL_FILES)
             and not any(fnmatch.fnmatch(s.rfilename, p) for p in SKIP))]
-        return f" ({sum(s.size or 0 for s in files) / 1e9:.1f} GB)"
+        return f" ({_bytes(sum(s.size or 0 for s in files))})"
     except Exception:
         return " (size: hub not reachable)"
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 def format_estimate(cfg: StudyConfig, plan: Plan) -> str:
