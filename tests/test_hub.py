@@ -90,7 +90,8 @@ def test_study_model_step_downloads_then_fingerprints_and_pins_the_commit(hub, t
     cfg = StudyConfig.model_validate({"models": [{"name": "m", "path": "org/tiny", "num_layers": 3}],
                                       "pruning": {"num_drop": [1]}, "eval": {"tasks": ["gsm8k"]},
                                       "healing": {"arms": ["sgr"], "prompts": {"source": "org/prompts"}}})
-    print(json.dumps({**res, "config_only": config_only, "downloads": downloads(cfg), "dir_fingerprint": fingerprint_dir(path),
+    print(json.dumps({**res, "config_only": config_only, "downloads": downloads(cfg),
+                      "dir_fingerprint": fingerprint_dir(path),
                       "files": sorted(p.name for p in path.iterdir()), "layers": model.config.num_hidden_layers,
                       "tokenizer": tok is not None}))
     """)

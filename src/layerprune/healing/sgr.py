@@ -5,7 +5,8 @@
 Each output row: ``id`` (hash of the prompt), ``messages`` (the prompt exactly as the teacher got it, system
 turn included), ``response`` (the sample), ``original`` (the source's answer or null), ``format``
 ("chat_template" or "fallback"), ``finish_reason`` ("stop": EOS or end of turn; "length": cut at
-max_new_tokens), ``prompt_tokens`` and ``response_tokens`` (generated tokens) and ``provenance`` (teacher and its fingerprint, sampling parameters, the run
+max_new_tokens), ``prompt_tokens`` and ``response_tokens`` (generated tokens) and ``provenance`` (teacher
+and its fingerprint, sampling parameters, the run
 seed and this prompt's sampling seed).
 
 Determinism: the prompt's sampling seed is ``sha256(f"{seed}:{id}")`` (63 bits); `generate_batch` seeds one CPU

@@ -118,12 +118,13 @@ def format_estimate(cfg: StudyConfig, plan: Plan) -> str:
     lines = ["estimated work:"]
     if "sgr" in e:
         s = e["sgr"]
-        lines.append(f"  sgr    {s['steps']} × {s['prompts']:,} prompts{fewer} × ≤{s['max_new_tokens']:,} new tokens "
-                     f"= ≤{s['max_generated_tokens']:,} generated tokens")
+        lines.append(f"  sgr    {s['steps']} × {s['prompts']:,} prompts{fewer} × ≤{s['max_new_tokens']:,} new "
+                     f"tokens = ≤{s['max_generated_tokens']:,} generated tokens")
     if "heal" in e:
         h = e["heal"]
         lines.append(f"  heal   {h['steps']} × {h['optimizer_steps_each']:,}{fewer} optimizer steps (batch "
-                     f"{h['effective_batch']}) = {h['optimizer_steps_total']:,}; ≤{h['max_tokens_each']:,} tokens each")
+                     f"{h['effective_batch']}) = {h['optimizer_steps_total']:,}; "
+                     f"≤{h['max_tokens_each']:,} tokens each")
     if "eval" in e:
         v = e["eval"]
         docs = "?" if v["docs_each"] is None else f"{v['docs_each']:,}"

@@ -42,8 +42,8 @@ def run_model(ctx, out: Path) -> None:
         return
     # a hub id is downloaded first (pinned to the resolved commit), so the fingerprint covers the real files
     src = fetch_model(_resolve(m.path, ctx.base_dir))
-    (out / "model.json").write_text(json.dumps({**src, "dtype": m.dtype, "fingerprint": fingerprint_source(src["path"])},
-                                               indent=2))
+    record = {**src, "dtype": m.dtype, "fingerprint": fingerprint_source(src["path"])}
+    (out / "model.json").write_text(json.dumps(record, indent=2))
 
 
 def run_score(ctx, out: Path) -> None:
@@ -90,7 +90,8 @@ def run_eval(ctx, out: Path) -> None:
         data_dir=Path(_resolve(ev["data_dir"], ctx.base_dir)) if ev["data_dir"] else None,
         num_fewshot=ev["num_fewshot"], limit=ev["limit"], seed=p["seed"], chat_template=p["chat_template"],
         system_prompt=p["system_prompt"], max_new_tokens_cap=ev["max_new_tokens"],
-        max_new_tokens_by_task=tuple(sorted(ev.get("max_new_tokens_by_task", {}).items())), temperature=ev["temperature"],
+        max_new_tokens_by_task=tuple(sorted(ev.get("max_new_tokens_by_task", {}).items())),
+        temperature=ev["temperature"],
         top_p=ev["top_p"], num_samples=ev["num_samples"])
     evaluate(model_path(ctx.input(0)), ev["tasks"], opts, out_dir=out, batch_size=ev["batch_size"],
              dtype=model_dtype(ctx.input(0)),
