@@ -60,3 +60,20 @@ def test_all_truncated_is_a_usage_error(tmp_path):
                              "finish_reason": "length"}) + "\n")
     with pytest.raises(UsageError, match="--keep-truncated"):
         read_rows(f, "response")
+
+
+def test_sgr_num_beyond_the_pool_is_refused_or_allowed(tmp_path, sgr_file, capsys):
+    from layerprune.cli import main
+
+    teacher = sgr_file[0].parent / "teacher"
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"instruction": f"Say {i}."}) + "\n" for i in range(3)))
+    args = ["sgr", str(teacher), "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl"), "--num", "5",
+            "--max-new-tokens", "2", "--device", "cpu"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "only 3 usable of 3" in err and "--allow-fewer" in err and "Loading weights" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.jsonl").exists()
+    assert main(args + ["--allow-fewer"]) == 0
+    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 3

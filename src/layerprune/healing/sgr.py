@@ -43,7 +43,7 @@ def sample_seed(seed: int, pid: str) -> int:
 def generate_sgr(teacher: str, prompts: str, out: str | Path, num: int | None = None, seed: int = 0,
                  shuffle_seed: int = 42, max_new_tokens: int = 8192, temperature: float = 0.9, top_p: float = 0.95,
                  top_k: int = 0, batch_size: int = 8, max_prompt_tokens: int | None = None, dtype: str | None = None,
-                 device: str = "auto", overwrite: bool = False) -> dict:
+                 device: str = "auto", overwrite: bool = False, allow_fewer: bool = False) -> dict:
     """Answer `num` prompts of `prompts` with `teacher`, append to `out` (JSONL); return a summary."""
     from layerprune.loading import load_model
 
@@ -55,6 +55,8 @@ def generate_sgr(teacher: str, prompts: str, out: str | Path, num: int | None = 
             f.unlink(missing_ok=True)
     state.wait_for_everyone()
     pool = load_prompts(prompts)
+    if max_prompt_tokens is None:  # a pool smaller than --num fails before the teacher is loaded
+        select(pool, num, shuffle_seed, allow_fewer=allow_fewer)
     model, tok = load_model(teacher, dtype=dtype, device=_device(device, state))
     if tok is None:
         raise UsageError(f"teacher {teacher} has no tokenizer; save one next to the model")
@@ -65,7 +67,7 @@ def generate_sgr(teacher: str, prompts: str, out: str | Path, num: int | None = 
     if max_prompt_tokens is not None:
         def keep(p: Prompt) -> bool:
             return len(tok(render_prompt(tok, with_system(list(p.messages))))["input_ids"]) <= max_prompt_tokens
-    chosen = select(pool, num, shuffle_seed, keep)
+    chosen = select(pool, num, shuffle_seed, keep, allow_fewer=allow_fewer)
     done = _existing(out, params)
     state.wait_for_everyone()  # every process reads what is done before any process appends more
     todo = [p for p in chosen if p.id not in done]
