@@ -137,7 +137,9 @@ def fingerprint_source(name_or_path: str, model=None) -> str:
             from huggingface_hub import snapshot_download
 
             path = Path(snapshot_download(name_or_path, local_files_only=True))
-    if path.is_dir() and (path / "config.json").exists():
+    # a cache holding only config.json (a config lookup, not a download) must not stand for the weights
+    has_weights = path.is_dir() and (any(path.glob("*.safetensors")) or any(path.glob("*.bin")))
+    if path.is_dir() and (path / "config.json").exists() and has_weights:
         return fingerprint_dir(path)
     if model is None:
         raise UsageError(f"cannot fingerprint {name_or_path}: not a local model directory")

@@ -39,6 +39,8 @@ def add_arguments(p):
     p.add_argument("--logging-steps", type=int, default=d.logging_steps, help="log the loss every N steps (default 10)")
     p.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more memory")
     p.add_argument("--dtype", default=None, help="training weights dtype (default: checkpoint's; float32 full/partial)")
+    p.add_argument("--keep-truncated", action="store_true",
+                   help="also train on SGR responses cut at max_new_tokens (finish_reason length; default: skipped)")
     p.add_argument("--overwrite", action="store_true", help="replace --out; discard a work dir of a different run")
     _add_kd_arguments(p.add_argument_group("--mode kd"))
     _add_linear_arguments(p.add_argument_group("--mode linear"))
@@ -88,6 +90,7 @@ def run(args) -> int:
         lora_dropout=args.lora_dropout, partial_layers=args.partial_layers, seed=args.seed,
         save_steps=args.save_steps, logging_steps=args.logging_steps,
         gradient_checkpointing=not args.no_gradient_checkpointing, dtype=args.dtype,
+        keep_truncated=args.keep_truncated,
     )
     from layerprune.healing import process_state
 

@@ -13,6 +13,8 @@ def add_arguments(p):
                         "or a hub dataset id org/name[:split]")
     p.add_argument("--out", required=True, help="output JSONL file; a rerun skips prompts already answered")
     p.add_argument("--num", type=int, default=None, help="number of prompts (default: all)")
+    p.add_argument("--allow-fewer", action="store_true",
+                   help="take every usable prompt when the pool has fewer than --num (default: an error)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed; each prompt's seed derives from it and its id")
     p.add_argument("--shuffle-seed", type=int, default=42, help="seed of the prompt-pool shuffle (paper: 42)")
     p.add_argument("--max-new-tokens", type=int, default=8192, help="response length limit (paper: 8192)")
@@ -32,7 +34,7 @@ def run(args) -> int:
                      shuffle_seed=args.shuffle_seed, max_new_tokens=args.max_new_tokens,
                      temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, batch_size=args.batch_size,
                      max_prompt_tokens=args.max_prompt_tokens, dtype=args.dtype, device=args.device,
-                     overwrite=args.overwrite)
+                     overwrite=args.overwrite, allow_fewer=args.allow_fewer)
     if s["is_main"]:
         print(f"{s['selected']} prompts: {s['already_done']} already done, {s['generated']} generated → {s['out']}")
     return 0

@@ -87,7 +87,8 @@ def evaluate(model_or_path, tasks: str | Sequence[str], opts: TaskOptions | None
                     tqdm.write(f"{member.name}: kept from an earlier run ({keep.folder})")
                 continue
             t0 = time.perf_counter()
-            results[member.name], samples[member.name] = run_task(member, backend, run_opts)
+            results[member.name], samples[member.name] = run_task(member, backend,
+                                                                  _task_options(run_opts, member.name, task.name))
             timings[f"{member.name}_s"] = round(time.perf_counter() - t0, 3)
             if keep:
                 keep.save(member.name, results[member.name], samples[member.name], timings[f"{member.name}_s"])
@@ -212,6 +213,13 @@ def _task_names(tasks: str | Sequence[str]) -> list[str]:
     if not names:
         raise UsageError("no tasks given; pass --tasks NAME[,NAME...] (e.g. arc_easy,mmlu)")
     return list(dict.fromkeys(names))
+
+
+def _task_options(opts: TaskOptions, name: str, group: str) -> TaskOptions:
+    """The run's options with this task's explicit generation limit, if it has one (its own name first)."""
+    by_task = dict(opts.max_new_tokens_by_task)
+    limit = by_task.get(name, by_task.get(group))
+    return opts if limit is None else replace(opts, max_new_tokens=limit, max_new_tokens_cap=None)
 
 
 def _check_options(opts: TaskOptions, batch_size: int) -> None:

@@ -78,22 +78,31 @@ def lm_example(tokenizer, messages: list[dict], response: str) -> dict:
     return {"text": render_prompt(tokenizer, messages) + response}
 
 
-def read_rows(path, field: str, lm: bool = False) -> list[dict]:
+def read_rows(path, field: str, lm: bool = False, keep_truncated: bool = False,
+              stats: dict | None = None) -> list[dict]:
     """Training rows of a JSONL file as ``{"messages", "response"}`` (or ``{"text"}`` for LM healing).
 
     SGR rows (``messages`` + ``response``/``original``) are used as written; any prompt-pool row with an answer
     (Alpaca ``output``, a final assistant turn, ...) works with ``field="original"`` and gets the system prompt
-    the teacher would have seen. A row without the asked field is a UsageError naming file and line."""
+    the teacher would have seen. A row without the asked field is a UsageError naming file and line.
+    SGR responses cut at max_new_tokens (``finish_reason: length``) are not complete answers: training on them
+    would teach the end-of-turn after a cut, so they are skipped unless `keep_truncated`; `stats` receives
+    ``truncated`` (such rows seen) and ``truncated_dropped``."""
     from layerprune.errors import UsageError
     from layerprune.healing.prompts import parse_row, read_jsonl
 
-    rows = []
+    rows, truncated, dropped = [], 0, 0
     for where, row in read_jsonl(path):
         if lm and isinstance(row, dict) and isinstance(row.get("text"), str):
             rows.append({"text": row["text"]})
         elif isinstance(row, dict) and "messages" in row and ("response" in row or "original" in row):
             if not isinstance(row.get(field), str):
                 raise UsageError(f"{where}: row has no string {field!r}; pick another --response-field or fix the row")
+            if field == "response" and row.get("finish_reason") == "length":
+                truncated += 1
+                if not keep_truncated:
+                    dropped += 1
+                    continue
             rows.append({"messages": row["messages"], "response": row[field]})
         else:
             prompt = parse_row(row, where)
@@ -101,6 +110,11 @@ def read_rows(path, field: str, lm: bool = False) -> list[dict]:
                 raise UsageError(f"{where}: row has no {field!r} answer; use an SGR file from `layerprune sgr` "
                                  "or --response-field original on rows that carry their answer")
             rows.append({"messages": with_system(list(prompt.messages)), "response": prompt.original})
+    if stats is not None:
+        stats.update(truncated=truncated, truncated_dropped=dropped)
+    if not rows and dropped:
+        raise UsageError(f"every one of the {dropped} responses in {path} was cut at max_new_tokens; "
+                         "regenerate with a larger --max-new-tokens or pass --keep-truncated")
     if not rows:
         raise UsageError(f"data file {path} has no rows; pass a non-empty JSONL file")
     return rows

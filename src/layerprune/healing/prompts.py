@@ -101,16 +101,21 @@ def read_jsonl(path: str | Path) -> Iterable[tuple[str, dict]]:
                 raise UsageError(f"{path}:{n}: not valid JSON ({err.msg}); one JSON object per line") from None
 
 
-def load_prompts(spec: str) -> list[Prompt]:
+def load_prompts(spec: str, info: dict | None = None) -> list[Prompt]:
     """All prompts of a local JSONL file or a hub dataset (``org/name`` or ``org/name:split``), in source
-    order, duplicates removed."""
-    rows = _hub_rows(spec) if _is_hub_id(spec) else read_jsonl(_local(spec))
+    order, duplicates removed. `info`, when given, receives where they came from: ``repo`` and the resolved
+    commit ``revision`` for a hub dataset, the ``rows`` read and the ``unique`` prompts kept."""
+    info = {} if info is None else info
+    rows = _hub_rows(spec, info) if _is_hub_id(spec) else read_jsonl(_local(spec))
     seen: dict[str, Prompt] = {}
+    count = 0
     for where, row in rows:
         p = parse_row(row, where)
         seen.setdefault(p.id, p)
+        count += 1
     if not seen:
         raise UsageError(f"prompt source {spec} has no rows; pass a non-empty JSONL file or dataset")
+    info.update(rows=count, unique=len(seen))
     return list(seen.values())
 
 
@@ -127,12 +132,16 @@ def _is_hub_id(spec: str) -> bool:
         and not name.endswith((".jsonl", ".json"))
 
 
-def _hub_rows(spec: str) -> Iterable[tuple[str, dict]]:
+def _hub_rows(spec: str, info: dict) -> Iterable[tuple[str, dict]]:
     import datasets
 
+    from layerprune.hub import dataset_revision
+
     name, _, split = spec.partition(":")
+    revision = dataset_revision(name)  # pinned, so the recorded commit is the one read (None offline: cache)
+    info.update(repo=name, split=split or "train", revision=revision)
     try:
-        ds = datasets.load_dataset(name, split=split or "train")
+        ds = datasets.load_dataset(name, split=split or "train", revision=revision)
     except Exception as err:  # offline, unknown id, unknown split: all one message
         raise UsageError(f"cannot load dataset {name!r} split {split or 'train'!r}: "
                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
@@ -140,20 +149,31 @@ def _hub_rows(spec: str) -> Iterable[tuple[str, dict]]:
         yield f"{spec}[{i}]", row
 
 
-def select(pool: list[Prompt], num: int | None, seed: int,
-           keep: Callable[[Prompt], bool] | None = None) -> list[Prompt]:
+def select(pool: list[Prompt], num: int | None, seed: int, keep: Callable[[Prompt], bool] | None = None,
+           allow_fewer: bool = False, stats: dict | None = None) -> list[Prompt]:
     """Shuffle with `seed` (Python's Mersenne Twister, so the order is fixed for a pool and seed), then take
-    the first `num` prompts that pass `keep` (all when num is None)."""
+    the first `num` prompts that pass `keep` (all when num is None). Fewer than `num` usable prompts is a
+    UsageError naming the count, unless `allow_fewer`. `stats` receives ``available`` (the pool),
+    ``skipped`` (prompts `keep` rejected before the selection was full) and ``selected``."""
     if num is not None and num < 1:
         raise UsageError(f"--num {num}: ask for at least one prompt")
     order = list(pool)
     random.Random(seed).shuffle(order)
-    chosen = []
+    chosen, skipped = [], 0
     for p in order:
         if keep is None or keep(p):
             chosen.append(p)
             if num is not None and len(chosen) == num:
                 break
+        else:
+            skipped += 1
+    if stats is not None:
+        stats.update(available=len(pool), skipped=skipped, selected=len(chosen), requested=num,
+                     allow_fewer=allow_fewer)
     if not chosen:
         raise UsageError("no prompt passes the length filter; raise --max-prompt-tokens")
+    if num is not None and len(chosen) < num and not allow_fewer:
+        why = f" ({skipped} over the prompt-token limit)" if skipped else ""
+        raise UsageError(f"asked for {num} prompts but the source has only {len(chosen)} usable of {len(pool)} "
+                         f"unique{why}; lower num or set allow_fewer: true (--allow-fewer) to take them all")
     return chosen

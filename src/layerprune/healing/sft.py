@@ -6,7 +6,8 @@ Arms (`mode`): ``lora`` and ``qlora`` (LoRA on a 4-bit NF4 base) with completion
 ``partial`` (Lu et al.: train only the head, the final norm and the last k layers); ``lm`` (LoRA with loss on
 every token, Gromov-style healing). Training examples and truncation: `layerprune.healing.chat`.
 
-Outputs in `out`: a standalone HF checkpoint (LoRA merged into the unquantized base), ``adapter/`` for the
+Outputs in `out`: a standalone HF checkpoint (LoRA merged into the base; for QLoRA into its dequantised NF4
+weights, see `QLORA_MERGE`), ``adapter/`` for the
 LoRA arms, the input's ``pruning.json``, ``healing.json`` (provenance) and ``loss.jsonl``. Trainer
 checkpoints live in ``<out>.work`` next to `out`; a rerun after an interruption resumes from the last one and
 the work dir is removed once `out` is written.
@@ -62,6 +63,7 @@ class HealConfig:
     gradient_checkpointing: bool = True
     dtype: str | None = None  # weights dtype for training (default: checkpoint's; float32 for full/partial)
     process_group_timeout_s: int = 7200  # collectives under `accelerate launch` (torch's default is 10 minutes)
+    keep_truncated: bool = False  # train on SGR responses cut at max_new_tokens too (default: skip them)
 
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else (2e-4 if self.mode in PEFT_MODES else 2e-5)
@@ -74,7 +76,9 @@ def heal(model: str, data: str | Path, out: str | Path, config: HealConfig | Non
     _check_config(config)
     out = check_out_dir(out, overwrite)
     state = process_state(config.process_group_timeout_s)  # under `accelerate launch`: rank and device
-    rows = read_rows(data, config.response_field, lm=config.mode == "lm")
+    data_stats: dict = {}
+    rows = read_rows(data, config.response_field, lm=config.mode == "lm", keep_truncated=config.keep_truncated,
+                     stats=data_stats)
     net, tok = _load(model, config, state)
     fingerprint = fingerprint_source(model, net)  # before training changes the weights
     work = out.with_name(out.name + WORK_SUFFIX)
@@ -90,10 +94,12 @@ def heal(model: str, data: str | Path, out: str | Path, config: HealConfig | Non
         raise
     final = work / "final"
     trainer.save_model(str(final))  # every rank: FSDP/ZeRO-3 gather shards collectively
-    record = _record(model, fingerprint, data, config, trainer, result, rows, lengths, resume, state)
+    quantized = _quantized_linears(trainer.model) if config.mode == "qlora" else None
+    record = _record(model, fingerprint, data, config, trainer, result, rows, {**data_stats, **lengths}, resume,
+                     state)
     if state.is_main_process:
         with atomic_dir(out, overwrite) as tmp:
-            _write_model(model, final, tmp, config, tok)
+            _write_model(model, final, tmp, config, tok, quantized)
             _write_records(model, trainer, record, tmp)
         shutil.rmtree(work, ignore_errors=True)
     state.wait_for_everyone()
@@ -133,6 +139,17 @@ def _load(model: str, c: HealConfig, state):
     return net, tok
 
 
+def qlora_compute_dtype(device) -> str:
+    """The dtype 4-bit layers compute in: bf16 where the GPU supports it (Ampere on), else fp16 on older GPUs,
+    fp32 on CPU (bitsandbytes' CPU kernels; bf16/fp16 matmuls there are slow or missing)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"
+
+
 def _load_4bit(model: str, state):
     import torch
     from peft import prepare_model_for_kbit_training
@@ -142,7 +159,7 @@ def _load_4bit(model: str, state):
 
     spec_for(load_config(model))
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.bfloat16)
+                               bnb_4bit_compute_dtype=getattr(torch, qlora_compute_dtype(state.device)))
     try:
         net = AutoModelForCausalLM.from_pretrained(model, quantization_config=quant,
                                                    device_map={"": str(state.device)})
@@ -221,6 +238,10 @@ def build_trainer(net, tok, rows, c: HealConfig, work: Path, callbacks=()):
         max_length=None,  # truncation is ours (fit_to_length), so dropped/truncated rows can be counted
         completion_only_loss=c.mode != "lm", dataset_num_proc=None, use_cpu=not torch.cuda.is_available(),
         ddp_timeout=c.process_group_timeout_s,
+        # batches of similar lengths (transformers' LengthGroupedSampler: random mega-batches sorted by
+        # length), so padding does not double the tokens computed; the loss is TRL's fused LM head (chunked
+        # log-probs over the vocabulary, no [B, T, V] logits), which SFTTrainer installs by itself
+        train_sampling_strategy="group_by_length",
     )
     peft = lora_config(net, c) if c.mode in PEFT_MODES else None
     trainer = SFTTrainer(model=net, args=args, train_dataset=build_dataset(tok, rows, lm=c.mode == "lm"),
@@ -276,9 +297,36 @@ def file_sha256(path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def _write_model(model: str, final: Path, tmp: Path, c: HealConfig, tok) -> None:
-    """Standalone checkpoint in tmp: the adapter merged into a fresh, unquantized load of the base model
-    (its own dtype), so the result equals base + adapter; full/partial weights are moved as saved."""
+QLORA_MERGE = ("adapter merged into the dequantised NF4 weights the adapter was trained on: each 4-bit layer's "
+               "weight is dequantize(quantize_nf4(W)) (bitsandbytes, blocksize 64, double quant), so the merged "
+               "model computes what base-in-4-bit + adapter computed, up to the compute dtype's rounding")
+
+
+def _quantized_linears(peft_model) -> list[str]:
+    """Names (as in the unwrapped base model) of the layers bitsandbytes holds in 4 bits."""
+    import bitsandbytes as bnb
+
+    base = peft_model.get_base_model()
+    return sorted(n.replace(".base_layer", "") for n, m in base.named_modules() if isinstance(m, bnb.nn.Linear4bit))
+
+
+def _dequantised_nf4(base, names: list[str]) -> None:
+    """Replace each named Linear's weight by its NF4 round trip, exactly as the 4-bit load quantised it."""
+    import bitsandbytes.functional as F
+    import torch
+
+    modules = dict(base.named_modules())
+    with torch.no_grad():
+        for name in names:
+            w = modules[name].weight
+            q, state = F.quantize_4bit(w.data, blocksize=64, quant_type="nf4", compress_statistics=True)
+            w.copy_(F.dequantize_4bit(q, state).to(w.dtype))
+
+
+def _write_model(model: str, final: Path, tmp: Path, c: HealConfig, tok, quantized: list[str] | None = None) -> None:
+    """Standalone checkpoint in tmp: the adapter merged into a fresh load of the base model (its own dtype);
+    for QLoRA into the base's dequantised NF4 weights (QLORA_MERGE), so the saved model is the trained one.
+    Full/partial weights are moved as saved."""
     if c.mode not in PEFT_MODES:
         for f in final.iterdir():
             shutil.move(str(f), tmp / f.name)
@@ -289,6 +337,8 @@ def _write_model(model: str, final: Path, tmp: Path, c: HealConfig, tok) -> None
 
     shutil.copytree(final, tmp / "adapter")
     base, _ = load_model(model, device="cpu", tokenizer=False)
+    if quantized:
+        _dequantised_nf4(base, quantized)
     merged = PeftModel.from_pretrained(base, str(tmp / "adapter")).merge_and_unload()
     merged.save_pretrained(tmp)
     tok.save_pretrained(tmp)
@@ -312,7 +362,11 @@ def _record(model, fingerprint, data, c: HealConfig, trainer, result, rows, leng
 
     logged = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     hp = {**dataclasses.asdict(c), "adam_betas": list(c.adam_betas), "learning_rate": c.learning_rate(),
-          "effective_batch": c.batch_size * c.grad_accum * state.num_processes}
+          "effective_batch": c.batch_size * c.grad_accum * state.num_processes,
+          "batching": "group_by_length", "loss": "TRL fused LM head (vocabulary tiles; no [B, T, V] logits)"}
+    if c.mode == "qlora":
+        hp["qlora_compute_dtype"] = qlora_compute_dtype(state.device)
+        hp["merge"] = QLORA_MERGE
     if c.mode in PEFT_MODES:
         config = trainer.model.peft_config["default"]
         modules = config.target_modules  # the regex; PEFT may hand back a set of names

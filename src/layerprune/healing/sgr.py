@@ -4,7 +4,9 @@
 
 Each output row: ``id`` (hash of the prompt), ``messages`` (the prompt exactly as the teacher got it, system
 turn included), ``response`` (the sample), ``original`` (the source's answer or null), ``format``
-("chat_template" or "fallback") and ``provenance`` (teacher and its fingerprint, sampling parameters, the run
+("chat_template" or "fallback"), ``finish_reason`` ("stop": EOS or end of turn; "length": cut at
+max_new_tokens), ``prompt_tokens`` and ``response_tokens`` (generated tokens) and ``provenance`` (teacher
+and its fingerprint, sampling parameters, the run
 seed and this prompt's sampling seed).
 
 Determinism: the prompt's sampling seed is ``sha256(f"{seed}:{id}")`` (63 bits); `generate_batch` seeds one CPU
@@ -41,7 +43,8 @@ def sample_seed(seed: int, pid: str) -> int:
 def generate_sgr(teacher: str, prompts: str, out: str | Path, num: int | None = None, seed: int = 0,
                  shuffle_seed: int = 42, max_new_tokens: int = 8192, temperature: float = 0.9, top_p: float = 0.95,
                  top_k: int = 0, batch_size: int = 8, max_prompt_tokens: int | None = None, dtype: str | None = None,
-                 device: str = "auto", overwrite: bool = False, process_group_timeout_s: int = 7200) -> dict:
+                 device: str = "auto", overwrite: bool = False, process_group_timeout_s: int = 7200,
+                 allow_fewer: bool = False) -> dict:
     """Answer `num` prompts of `prompts` with `teacher`, append to `out` (JSONL); return a summary."""
     from layerprune.loading import load_model
 
@@ -53,6 +56,8 @@ def generate_sgr(teacher: str, prompts: str, out: str | Path, num: int | None = 
             f.unlink(missing_ok=True)
     state.wait_for_everyone()
     pool = load_prompts(prompts)
+    if max_prompt_tokens is None:  # a pool smaller than --num fails before the teacher is loaded
+        select(pool, num, shuffle_seed, allow_fewer=allow_fewer)
     model, tok = load_model(teacher, dtype=dtype, device=_device(device, state))
     if tok is None:
         raise UsageError(f"teacher {teacher} has no tokenizer; save one next to the model")
@@ -64,7 +69,7 @@ def generate_sgr(teacher: str, prompts: str, out: str | Path, num: int | None = 
     if max_prompt_tokens is not None:
         def keep(p: Prompt) -> bool:
             return len(tok(render_prompt(tok, with_system(list(p.messages))))["input_ids"]) <= max_prompt_tokens
-    chosen = select(pool, num, shuffle_seed, keep)
+    chosen = select(pool, num, shuffle_seed, keep, allow_fewer=allow_fewer)
     done = _existing(out, params)
     state.wait_for_everyone()  # every process reads what is done before any process appends more
     todo = [p for p in chosen if p.id not in done]
@@ -113,7 +118,9 @@ def _answer(model, tok, prompts: list[Prompt], params: dict, batch_size: int, pa
                     for p, m in zip(chunk, messages)]
         results = generate_batch(model, tok, requests, batch_size=batch_size)
         rows = [{"id": p.id, "messages": m, "response": r.texts[0], "original": p.original, "format": fmt,
-                 "provenance": {**params, "sample_seed": q.seed}}
+                 # "length": cut at max_new_tokens, not a complete answer (heal drops these by default)
+                 "finish_reason": r.finish_reasons[0], "prompt_tokens": len(tok(q.context)["input_ids"]),
+                 "response_tokens": r.generated_tokens[0], "provenance": {**params, "sample_seed": q.seed}}
                 for p, m, r, q in zip(chunk, messages, results, requests)]
         _append(part, rows)
         bar.update(len(chunk))

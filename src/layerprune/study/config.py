@@ -106,7 +106,10 @@ class PromptsConfig(_Strict):
     fields: dict[str, str] = Field(default_factory=dict,
                                    description="rename source fields first, e.g. {question: instruction, answer: output}")
     num: int = Field(200, ge=1)
-    max_prompt_tokens: int | None = None
+    allow_fewer: bool = Field(False, description="take every usable prompt when the source has fewer than `num` "
+                                                 "(recorded); otherwise that is an error naming the count")
+    max_prompt_tokens: int | None = Field(None, ge=1, description="skip prompts longer than this (the teacher's "
+                                                                  "tokens, chat template included); counted")
 
 
 class SGRConfig(_Strict):
@@ -137,6 +140,7 @@ class TrainConfig(_Strict):
     partial_layers: int = _H.partial_layers
     process_group_timeout_s: int = Field(_H.process_group_timeout_s, ge=60,
                                          description="collective timeout under accelerate launch (torch: 10 min)")
+    keep_truncated: bool = Field(_H.keep_truncated, description="train on SGR responses cut at max_new_tokens too")
 
     def heal_config(self, response_field: str, seed: int) -> HealConfig:
         fields = self.model_dump()
@@ -234,7 +238,10 @@ class EvalConfig(_Strict):
     num_fewshot: int | None = Field(None, ge=0)
     data_dir: str | None = None
     batch_size: int = Field(8, ge=1)
-    max_new_tokens: int | None = Field(None, ge=1, description="default: each task's own (lm-eval's max_gen_toks)")
+    max_new_tokens: int | None = Field(None, ge=1, description="a cap over each task's own generation limit "
+                                       "(lm-eval's max_gen_toks): lowers it, never raises it; default: no cap")
+    max_new_tokens_by_task: dict[str, int] = Field(default_factory=dict,
+                                                   description="explicit per-task limits, e.g. {gsm8k: 512}")
     temperature: float = 0.0
     top_p: float = 1.0
     num_samples: int = 1

@@ -58,7 +58,10 @@ def run_study(cfg: StudyConfig, root: str | Path, base_dir: str | Path = ".", dr
 
     plan = make_plan(cfg)
     if dry_run:
+        from layerprune.study.estimate import format_estimate
+
         log(format_plan(plan))
+        log(format_estimate(cfg, plan))
         return plan
     if (executor or cfg.executor.kind) == "ray" or ray_address:
         from layerprune.study.ray_executor import run_study_ray  # Ray is imported only on this path

@@ -217,7 +217,10 @@ def _healing_data(b: _Builder, cfg: StudyConfig, m: ModelConfig, src: str) -> di
     needs = {a.responses for a in cfg.healing.arms if a.kind not in ("none", "linear")}
     if not needs:
         return {}
-    pool = b.add("prompts", "prompts", {"prompts": cfg.healing.prompts.model_dump(), "seed": cfg.seed})
+    # a token limit is measured with the model's tokenizer, so the pool is then per model
+    per_model = cfg.healing.prompts.max_prompt_tokens is not None
+    pool = b.add("prompts", f"prompts {m.name}" if per_model else "prompts",
+                 {"prompts": cfg.healing.prompts.model_dump(), "seed": cfg.seed}, (src,) if per_model else ())
     out = {"original": pool}
     if "sgr" in needs:  # one SGR set per teacher: the unpruned model answers the pool
         out["sgr"] = b.add("sgr", f"sgr {m.name}", {"sgr": cfg.healing.sgr.model_dump(), "seed": cfg.seed,

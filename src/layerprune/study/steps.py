@@ -32,6 +32,7 @@ def _resolve(path: str, base: Path) -> str:
 
 
 def run_model(ctx, out: Path) -> None:
+    from layerprune.hub import fetch_model
     from layerprune.provenance import fingerprint_source
     from layerprune.tiny import save_tiny
 
@@ -39,9 +40,10 @@ def run_model(ctx, out: Path) -> None:
     if m.tiny is not None:
         save_tiny(m.tiny.family, out / "model", seed=m.tiny.seed, num_layers=m.tiny.layers)
         return
-    path = _resolve(m.path, ctx.base_dir)
-    (out / "model.json").write_text(json.dumps({"path": path, "dtype": m.dtype, "fingerprint": fingerprint_source(path)},
-                                               indent=2))
+    # a hub id is downloaded first (pinned to the resolved commit), so the fingerprint covers the real files
+    src = fetch_model(_resolve(m.path, ctx.base_dir))
+    record = {**src, "dtype": m.dtype, "fingerprint": fingerprint_source(src["path"])}
+    (out / "model.json").write_text(json.dumps(record, indent=2))
 
 
 def run_score(ctx, out: Path) -> None:
@@ -100,8 +102,10 @@ def run_eval(ctx, out: Path) -> None:
         data_dir=Path(_resolve(ev["data_dir"], ctx.base_dir)) if ev["data_dir"] else None,
         num_fewshot=ev["num_fewshot"], limit=ev["limit"], seed=p["seed"], chat_template=p["chat_template"],
         system_prompt=p["system_prompt"], fewshot_as_multiturn=p.get("fewshot_as_multiturn"),
-        max_new_tokens=ev["max_new_tokens"], temperature=ev["temperature"], top_p=ev["top_p"],
-        num_samples=ev["num_samples"], allow_weaker_sandbox=ev.get("allow_weaker_sandbox", False))
+        max_new_tokens_cap=ev["max_new_tokens"],
+        max_new_tokens_by_task=tuple(sorted(ev.get("max_new_tokens_by_task", {}).items())),
+        temperature=ev["temperature"], top_p=ev["top_p"], num_samples=ev["num_samples"],
+        allow_weaker_sandbox=ev.get("allow_weaker_sandbox", False))
     evaluate(model_path(ctx.input(0)), ev["tasks"], opts, out_dir=out, batch_size=ev["batch_size"],
              dtype=model_dtype(ctx.input(0)),
              device=ctx.cfg.device, progress=False, resume_dir=ctx.work / "tasks")  # a rerun runs only unfinished tasks
@@ -133,10 +137,30 @@ def run_prompts(ctx, out: Path) -> None:
     source = _resolve(pr["source"], ctx.base_dir)
     if pr["fields"]:
         source = str(_renamed(source, pr["fields"], ctx.work / "renamed.jsonl"))
-    chosen = select(load_prompts(source), pr["num"], ctx.step.params["seed"])
+    info: dict = {"source": pr["source"]}
+    pool = load_prompts(source, info)
+    chosen = select(pool, pr["num"], ctx.step.params["seed"], keep=_token_limit(ctx, pr["max_prompt_tokens"]),
+                    allow_fewer=pr["allow_fewer"], stats=info)
     lines = [json.dumps({"id": p.id, "messages": list(p.messages) + (
         [{"role": "assistant", "content": p.original}] if p.original is not None else [])}) for p in chosen]
     (out / "prompts.jsonl").write_text("\n".join(lines) + "\n")
+    (out / "prompts.json").write_text(json.dumps({**info, "max_prompt_tokens": pr["max_prompt_tokens"],
+                                                  "seed": ctx.step.params["seed"]}, indent=2))
+
+
+def _token_limit(ctx, limit: int | None):
+    """Keep prompts whose rendered text (system prompt and chat template, as SGR shows it) fits `limit` tokens of
+    the model's tokenizer (the step's dependency when a limit is set)."""
+    if limit is None:
+        return None
+    from layerprune.errors import UsageError
+    from layerprune.healing.chat import render_prompt, with_system
+    from layerprune.loading import load_tokenizer
+
+    tok = load_tokenizer(model_path(ctx.input(0)))
+    if tok is None:
+        raise UsageError("healing.prompts.max_prompt_tokens needs the model's tokenizer; save one with the model")
+    return lambda p: len(tok(render_prompt(tok, with_system(list(p.messages))))["input_ids"]) <= limit
 
 
 def _renamed(source: str, fields: dict[str, str], dest: Path) -> Path:

@@ -201,7 +201,7 @@ class GenerativeItems:
         return items(self.item_kind, opts.seed)
 
     def requests(self, doc_id: int, doc: Item, opts: TaskOptions) -> list[GenerationRequest]:
-        limit = MAX_NEW if opts.max_new_tokens is None else min(MAX_NEW, opts.max_new_tokens)  # None: task default
+        limit = min(MAX_NEW, opts.max_new_tokens or MAX_NEW, opts.max_new_tokens_cap or MAX_NEW)  # a cap, never a raise
         return [GenerationRequest(doc["prompt"], until=UNTIL, max_new_tokens=limit, seed=opts.seed + doc_id,
                                   temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k,
                                   num_samples=opts.num_samples)]

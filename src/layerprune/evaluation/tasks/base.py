@@ -39,6 +39,8 @@ class TaskOptions:
     # None: on under a chat template (lm-eval's CLI default); False: shots collapsed into one user turn
     fewshot_as_multiturn: bool | None = None
     max_new_tokens: int | None = None  # None: the task's own (lm-eval's max_gen_toks, 256 unless it says)
+    max_new_tokens_cap: int | None = None  # an upper bound over the limit above: lowers a task's, never raises it
+    max_new_tokens_by_task: tuple[tuple[str, int], ...] = ()  # explicit per-task limits (task or group name)
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0

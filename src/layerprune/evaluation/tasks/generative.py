@@ -100,8 +100,12 @@ def exact_match(prediction: str, reference: str) -> float:
 
 def generation_request(context: str, until: tuple[str, ...], doc_id: int, opts: TaskOptions,
                        default_max_new: int = 256) -> GenerationRequest:
-    """A request with the run's decoding options; `default_max_new` is the task's lm-eval max_gen_toks."""
-    return GenerationRequest(context=context, until=until, max_new_tokens=opts.max_new_tokens or default_max_new,
+    """A request with the run's decoding options; `default_max_new` is the task's lm-eval max_gen_toks, which
+    `opts.max_new_tokens` replaces and `opts.max_new_tokens_cap` can only lower."""
+    limit = opts.max_new_tokens or default_max_new
+    if opts.max_new_tokens_cap is not None:
+        limit = min(limit, opts.max_new_tokens_cap)
+    return GenerationRequest(context=context, until=until, max_new_tokens=limit,
                              temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k,
                              num_samples=opts.num_samples, seed=opts.seed + doc_id)
 
