@@ -176,10 +176,24 @@ def _speed(done: list[dict], store: Store, base: dict) -> list[dict]:
         s, b = load(v), load(base[v["model"]])
         if s and b:
             out.append({"model": v["model"], "criterion": v["criterion"], "num_drop": v["num_drop"], "ratio": v["ratio"],
-                        "prefill_speedup": s["prefill_tokens_per_s"] / b["prefill_tokens_per_s"],
-                        "decode_speedup": s["decode_tokens_per_s"] / b["decode_tokens_per_s"],
-                        "ideal_speedup": ideal_speedup(b, s), "baseline": b, "pruned": s})
+                        **_speedups(s, b), "ideal_speedup": ideal_speedup(b, s), "baseline": b, "pruned": s})
     return out
+
+
+def _speedups(s: dict, b: dict) -> dict:
+    """Measured speedups of a pruned model: the speed step's own paired, interleaved comparison with its baseline
+    (None where the spread was too large to report; `notes` say so), else the ratio of the two steps' medians."""
+    comp = {c["batch_size"]: c for c in s.get("comparison") or []}
+    if not comp:
+        return {"prefill_speedup": s["prefill_tokens_per_s"] / b["prefill_tokens_per_s"],
+                "decode_speedup": s["decode_tokens_per_s"] / b["decode_tokens_per_s"]}
+    one = comp.get(s.get("batch_size")) or next(iter(comp.values()))
+    out = {"prefill_speedup": one.get("prefill_speedup"), "decode_speedup": one.get("decode_speedup")}
+    serving = comp.get(s.get("serving_batch_size"))
+    if serving is not None and serving is not one:
+        out["serving_decode_speedup"] = serving.get("decode_speedup")
+    notes = [c["note"] for c in comp.values() if c.get("note")]
+    return out | ({"notes": notes} if notes else {})
 
 
 def _layer_scores(plan: dict, store: Store) -> list[dict]:

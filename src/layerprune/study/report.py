@@ -98,7 +98,9 @@ def build_blocks(s: dict, cfg: dict, root: Path) -> list[Block]:
                                   "/ after removal (per-token matmul work); per-answer speedup appears when the speed "
                                   "step measured it.")]
                   + _figures(s, "speedup", models, root, "Measured vs. ideal speedup")
-                  + (speed_table(s) or [("p", "Speed was not measured (speed.enabled: false).")]))
+                  + (speed_table(s) or [("p", "Speed was not measured (speed.enabled: false).")])
+                  + [("p", f"n/a for {r['criterion']} at {r['ratio']:.0%}: " + "; ".join(r["notes"]))
+                     for r in s["speed"] if r.get("notes")])
     if _has(s, "answers"):
         b += _section("answers", [("p", "Generated tokens per answer and the share of answers that hit the token "
                                         "limit; per-answer speedup = per-token decode speedup × baseline tokens per "
