@@ -57,8 +57,9 @@ def distill(model: str, data: str | Path, out: str | Path, config: sft.HealConfi
     out = check_out_dir(out, overwrite)
     teacher_path, teacher_from = resolve_teacher(model, kd.teacher)
     check_same_tokenizer(model, teacher_path)
-    state = process_state()
-    rows = read_rows(data, config.response_field)
+    state = process_state(config.process_group_timeout_s)
+    stats: dict = {}  # like SFT: responses cut at max_new_tokens are skipped unless keep_truncated
+    rows = read_rows(data, config.response_field, keep_truncated=config.keep_truncated, stats=stats)
     net, tok = sft._load(model, config, state)
     teacher = _load_teacher(teacher_path, state)
     fingerprint = fingerprint_source(model, net)
@@ -79,11 +80,13 @@ def distill(model: str, data: str | Path, out: str | Path, config: sft.HealConfi
         raise
     final = work / "final"
     trainer.save_model(str(final))
-    record = sft._record(model, fingerprint, data, config, trainer, result, rows, lengths, resume, state)
+    record = sft._record(model, fingerprint, data, config, trainer, result, rows, {**stats, **lengths}, resume,
+                         state)
     record.update(arm="kd", student=kd.student, teacher=teacher_record, kd=_kd_record(kd))
+    quantized = sft._quantized_linears(trainer.model) if config.mode == "qlora" else None
     if state.is_main_process:
         with atomic_dir(out, overwrite) as tmp:
-            sft._write_model(model, final, tmp, config, tok)
+            sft._write_model(model, final, tmp, config, tok, quantized)  # QLoRA: merged into the dequantised NF4
             sft._write_records(model, trainer, record, tmp)
         shutil.rmtree(work, ignore_errors=True)
     state.wait_for_everyone()
