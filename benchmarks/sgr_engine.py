@@ -8,7 +8,7 @@ rendered by the testbed tokenizer's chat template, its end-of-turn stop strings,
 `--max-new-tokens` at most, one seed per prompt. `--model testbed` is the bundled trained testbed model;
 `--model random` a random Llama of the given size with the testbed tokenizer (head rows beyond the tokenizer's
 vocabulary zeroed, so the text is real tokens). Today's engine is main's `evaluation/generation.py`, taken with
-`git show main:...` into a temporary module (or `--old FILE`). Both engines run the same requests with the
+`git show $(git merge-base HEAD main):...` into a temporary module (or `--old FILE`). Both engines run the same requests with the
 same batch size, alternately, `--repeats` times (best time kept). Generated tokens are counted the same way
 for both (the returned texts re-encoded); the samples themselves differ, as the draw changed.
 Prints tokens/s of each (wall clock and per CPU second: on a shared machine the latter, with `--threads 1`, is
@@ -44,7 +44,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: the machine's default)")
-    p.add_argument("--old", help="today's generation.py (default: git show main:" + MAIN_FILE + ")")
+    p.add_argument("--old", help="today's generation.py (default: main's at this branch's merge base)")
     args = p.parse_args()
 
     import torch
@@ -92,7 +92,9 @@ def main() -> None:
 def _load_old(path: str | None):
     """main's generation.py as a module of its own (it imports only what both trees have)."""
     if path is None:
-        text = subprocess.run(["git", "-C", str(ROOT), "show", f"main:{MAIN_FILE}"], capture_output=True,
+        base = subprocess.run(["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], capture_output=True,
+                              text=True, check=True).stdout.strip()  # main where this branch left it
+        text = subprocess.run(["git", "-C", str(ROOT), "show", f"{base}:{MAIN_FILE}"], capture_output=True,
                               text=True, check=True).stdout
         path = str(Path(tempfile.mkdtemp(prefix="lp_old_engine_")) / "old_generation.py")
         Path(path).write_text(text)

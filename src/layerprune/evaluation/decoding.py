@@ -86,9 +86,14 @@ class CheckpointSettings:
 
     @classmethod
     def of(cls, model, tokenizer=None, strict: bool = True) -> "CheckpointSettings":
-        """From `model.generation_config` (transformers loads generation_config.json into it). EOS ids are the
-        config's, plus the tokenizer's EOS (as before: a row ends on it). `strict`: unsupported settings raise."""
-        cfg = getattr(model, "generation_config", None) or GenerationConfig()
+        """From `model.generation_config` (transformers loads generation_config.json into it)."""
+        return cls.from_config(getattr(model, "generation_config", None), tokenizer, strict)
+
+    @classmethod
+    def from_config(cls, cfg: GenerationConfig | None, tokenizer=None, strict: bool = True) -> "CheckpointSettings":
+        """From a `GenerationConfig` (e.g. `GenerationConfig.from_pretrained(model_dir)` for another engine). EOS
+        ids are the config's, plus the tokenizer's EOS (a row ends on it). `strict`: unsupported settings raise."""
+        cfg = cfg or GenerationConfig()
         bad = [k for k, off in _UNSUPPORTED.items() if getattr(cfg, k, None) not in off]
         if bad and strict:
             raise UsageError(f"generation_config.json sets {', '.join(f'{k}={getattr(cfg, k)!r}' for k in bad)}, "

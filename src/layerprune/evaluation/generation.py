@@ -286,7 +286,8 @@ class _Header:
 
 def _decode(rows: list[_Row], model, tokenizer, eos_ids: set[int], chooser: Chooser,
             header: _Header | None = None) -> None:
-    """Decode one batch until every row is finished; finished rows leave the batch and the cache."""
+    """The static path (caches the slots do not serve): decode one batch until every row is finished;
+    finished rows leave the batch and the cache, and are not replaced."""
     device = model.device
     width = max(len(r.prompt) for r in rows)
     mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T) 1 on real tokens, prompts right-aligned

@@ -75,8 +75,11 @@ class SlotLayer(CacheLayerMixin):
         """Decode step: key_states (n, kv_heads, 1, head_dim) written at each row's length; returns views
         (n, kv_heads, span, head_dim)."""
         s = self.state
-        self.keys[s.rows, :, s.write] = key_states[:, :, 0]
-        self.values[s.rows, :, s.write] = value_states[:, :, 0]
+        rows, write = s.rows, s.write
+        if rows.device != self.keys.device:  # layers spread over devices (device_map="auto")
+            rows, write = rows.to(self.keys.device), write.to(self.keys.device)
+        self.keys[rows, :, write] = key_states[:, :, 0]
+        self.values[rows, :, write] = value_states[:, :, 0]
         return self.keys[: s.n, :, : s.span], self.values[: s.n, :, : s.span]
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
