@@ -48,9 +48,9 @@ def test_heal_rows_skip_truncated_unless_kept(sgr_file):
     cut = sum(r["finish_reason"] == "length" for r in rows)
     stats = {}
     kept = read_rows(out, "response", stats=stats)
-    assert len(kept) == len(rows) - cut and stats == {"truncated": cut, "truncated_dropped": cut}
+    assert len(kept) == len(rows) - cut and stats == {"responses_cut": cut, "responses_cut_dropped": cut}
     assert len(read_rows(out, "response", keep_truncated=True, stats=stats)) == len(rows)
-    assert stats["truncated_dropped"] == 0
+    assert stats["responses_cut_dropped"] == 0
     assert len(read_rows(out, "original")) == len(rows)  # the dataset's own answers are never cut
 
 
@@ -77,3 +77,18 @@ def test_sgr_num_beyond_the_pool_is_refused_or_allowed(tmp_path, sgr_file, capsy
     assert not (tmp_path / "o.jsonl").exists()
     assert main(args + ["--allow-fewer"]) == 0
     assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 3
+
+
+def test_heal_records_dropped_truncated_rows(tmp_path, sgr_file):
+    from layerprune.healing.sft import HealConfig, heal
+
+    out, _ = sgr_file
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    cut = sum(r["finish_reason"] == "length" for r in rows)
+    config = HealConfig(max_steps=1, warmup_steps=0, batch_size=2, grad_accum=1, lora_r=4, save_steps=1000,
+                        gradient_checkpointing=False)
+    rec = heal(str(out.parent / "teacher"), out, tmp_path / "healed", config)
+    d = rec["data"]
+    assert (d["rows"], d["responses_cut"], d["responses_cut_dropped"]) == (len(rows) - cut, cut, cut)
+    saved = json.loads((tmp_path / "healed" / "healing.json").read_text())
+    assert saved["data"]["responses_cut_dropped"] == cut and not saved["hyperparameters"]["keep_truncated"]

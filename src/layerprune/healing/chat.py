@@ -87,7 +87,7 @@ def read_rows(path, field: str, lm: bool = False, keep_truncated: bool = False,
     the teacher would have seen. A row without the asked field is a UsageError naming file and line.
     SGR responses cut at max_new_tokens (``finish_reason: length``) are not complete answers: training on them
     would teach the end-of-turn after a cut, so they are skipped unless `keep_truncated`; `stats` receives
-    ``truncated`` (such rows seen) and ``truncated_dropped``."""
+    ``responses_cut`` (such rows seen) and ``responses_cut_dropped``."""
     from layerprune.errors import UsageError
     from layerprune.healing.prompts import parse_row, read_jsonl
 
@@ -111,7 +111,7 @@ def read_rows(path, field: str, lm: bool = False, keep_truncated: bool = False,
                                  "or --response-field original on rows that carry their answer")
             rows.append({"messages": with_system(list(prompt.messages)), "response": prompt.original})
     if stats is not None:
-        stats.update(truncated=truncated, truncated_dropped=dropped)
+        stats.update(responses_cut=truncated, responses_cut_dropped=dropped)
     if not rows and dropped:
         raise UsageError(f"every one of the {dropped} responses in {path} was cut at max_new_tokens; "
                          "regenerate with a larger --max-new-tokens or pass --keep-truncated")
