@@ -61,7 +61,7 @@ class _Builder:
 def make_plan(cfg: StudyConfig) -> Plan:
     b = _Builder()
     variants: list[dict[str, Any]] = []
-    ev = cfg.eval.model_dump(exclude={"scaling"})
+    ev = _eval_params(cfg)
     for m in cfg.models:
         src = b.add("model", f"model {m.name}", {"model": m.model_dump(exclude={"name"})})
         L = _num_layers(m)
@@ -122,7 +122,7 @@ def _scaling(b: _Builder, cfg: StudyConfig, variants: list[dict[str, Any]]) -> l
     if not tasks:
         raise UsageError("eval.scaling: the study has no generative task; list some in eval.scaling.tasks")
     criteria = sc.criteria or cfg.pruning.criteria[:1]
-    ev = {**cfg.eval.model_dump(exclude={"scaling"}), "tasks": tasks, "limit": sc.limit or cfg.eval.limit,
+    ev = {**_eval_params(cfg), "tasks": tasks, "limit": sc.limit or cfg.eval.limit,
           "num_samples": sc.samples, "temperature": sc.temperature, "top_p": sc.top_p}
     out = []
     for v in variants:
@@ -205,6 +205,15 @@ def _heal_step(b: _Builder, cfg: StudyConfig, m: ModelConfig, arm, tag: str, pru
         params["kd"] = cfg.healing.kd.model_dump()
         return b.add("heal", f"heal {tag}/{arm.label}", params, (pruned, data[arm.responses], src))
     return b.add("heal", f"heal {tag}/{arm.label}", params, (pruned, data[arm.responses]))
+
+
+def _eval_params(cfg: StudyConfig) -> dict[str, Any]:
+    """The eval section as step parameters; newer options only when set, so existing step ids stay valid."""
+    ev = cfg.eval.model_dump(exclude={"scaling"})
+    for key, default in (("allow_weaker_sandbox", False), ("max_new_tokens_by_task", {})):
+        if ev.get(key) == default:
+            ev.pop(key, None)
+    return ev
 
 
 def _variant(model, criterion, n, ratio, arm, eval_id, speed_id, L) -> dict[str, Any]:
