@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from layerprune.commands._args import add_load_arguments
+from layerprune.commands._args import add_engine_arguments, add_load_arguments, engine_settings
 from layerprune.evaluation.runner import evaluate
 from layerprune.evaluation.tasks.base import TaskOptions
 
@@ -31,6 +31,7 @@ def add_arguments(p):
     p.add_argument("--num-samples", type=int, default=1, help="generations per prompt (default 1)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default 16)")
     add_load_arguments(p, trust_remote_code=False)
+    add_engine_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -40,7 +41,8 @@ def run(args) -> int:
         chat_template=args.chat_template, system_prompt=args.system_prompt, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, num_samples=args.num_samples)
     result = evaluate(args.model, args.tasks, opts, out_dir=args.out, batch_size=args.batch_size,
-                      dtype=args.dtype, device=args.device, progress=not args.no_progress)
+                      dtype=args.dtype, device=args.device, progress=not args.no_progress, engine=args.engine,
+                      engine_settings=engine_settings(args))
     for task, metrics in result["results"].items():
         shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()
                           if k != "n" and not k.endswith("_stderr") and isinstance(v, float))

@@ -40,16 +40,26 @@ LM_EVAL_REFERENCE = "0.4.13"  # the harness whose prompts, tokenization and metr
 
 def evaluate(model_or_path, tasks: str | Sequence[str], opts: TaskOptions | None = None, out_dir=None,
              batch_size: int = 16, dtype: str | None = None, device: str | None = "cpu", tokenizer=None,
-             add_bos_token: bool | None = None, progress: bool = True) -> dict[str, Any]:
-    """Evaluate a model (a path/hub id, or a loaded model with `tokenizer`) on `tasks`; see module doc."""
+             add_bos_token: bool | None = None, progress: bool = True, engine: str = "hf",
+             engine_settings=None) -> dict[str, Any]:
+    """Evaluate a model (a path/hub id, or a loaded model with `tokenizer`) on `tasks`; see module doc.
+    `engine="vllm"` generates with vLLM (`engine_settings`: a `VLLMSettings`; needs a path or hub id);
+    log-likelihood requests then go to the HF engine, loaded only if a task needs them."""
     opts = opts or TaskOptions()
     names = _task_names(tasks)
     _check_options(opts, batch_size)
     resolved = [get_task(name) for name in names]  # unknown names fail before the model loads
     start = time.perf_counter()
-    model, tokenizer, source = _load(model_or_path, tokenizer, dtype, device)
+    if engine == "hf":
+        model, tokenizer, source = _load(model_or_path, tokenizer, dtype, device)
+        backend = HFBackend(model, tokenizer, batch_size=batch_size, add_bos_token=add_bos_token, progress=progress)
+    else:  # vLLM generates; the HF engine scores log-likelihoods if asked (see vllm_backend)
+        from layerprune.evaluation.vllm_backend import open_for_evaluation
+
+        backend, model, tokenizer, source = open_for_evaluation(
+            engine, model_or_path, tokenizer, engine_settings, dtype=dtype, device=device, batch_size=batch_size,
+            add_bos_token=add_bos_token, progress=progress, load=_load)
     load_s = time.perf_counter() - start
-    backend = HFBackend(model, tokenizer, batch_size=batch_size, add_bos_token=add_bos_token, progress=progress)
     run_opts = replace(opts, chat_renderer=_chat_renderer(tokenizer)) if opts.chat_template else opts
     results, samples, timings = {}, {}, {"load_model_s": round(load_s, 3)}
     for task in resolved:
@@ -63,7 +73,9 @@ def evaluate(model_or_path, tasks: str | Sequence[str], opts: TaskOptions | None
         if isinstance(task, TaskGroup):
             results[task.name] = aggregate_group(task, results)
     timings["total_s"] = round(time.perf_counter() - start, 3)
-    output = {"results": results, "config": _config(names, opts, batch_size, dtype, device),
+    if hasattr(backend, "close"):
+        backend.close()
+    output = {"results": results, "config": {**_config(names, opts, batch_size, dtype, device), "engine": engine},
               "model": {"path": source, "fingerprint": _fingerprint(source, model)},
               "versions": {**provenance.versions(), "lm_eval_reference": LM_EVAL_REFERENCE,
                            "tasks": {m.name: getattr(m, "version", None) for m in _members(resolved)}},
@@ -196,6 +208,8 @@ def _config(names, opts: TaskOptions, batch_size, dtype, device) -> dict[str, An
 
 
 def _fingerprint(source: str | None, model) -> str:
+    if model is None:  # vLLM holds the weights: fingerprint the files
+        return provenance.fingerprint_source(source)
     if source is not None and Path(source).expanduser().is_dir():
         return provenance.fingerprint_dir(Path(source).expanduser())
     h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())

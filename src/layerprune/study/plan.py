@@ -17,7 +17,7 @@ from typing import Any
 from layerprune.errors import UsageError
 from layerprune.study.config import ModelConfig, StudyConfig
 
-KINDS = ("model", "score", "prune", "prompts", "sgr", "heal", "eval", "speed")
+KINDS = ("model", "score", "prune", "prompts", "sgr", "heal", "eval", "speed", "check")
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,8 @@ def make_plan(cfg: StudyConfig) -> Plan:
 
         def evaluate(model_step: str, what: str) -> str:
             return b.add("eval", f"eval {what}", {"eval": ev, "chat_template": m.chat_template,
-                                                  "system_prompt": m.system_prompt, "seed": cfg.seed}, (model_step,))
+                                                  "system_prompt": m.system_prompt, "seed": cfg.seed,
+                                                  **_engine(cfg, "eval")}, (model_step,))
 
         def speed(model_step: str, what: str) -> str | None:
             if not cfg.speed.enabled:
@@ -82,11 +83,15 @@ def make_plan(cfg: StudyConfig) -> Plan:
             score = b.add("score", f"score {m.name}/{criterion}", {
                 "method": criterion, "num_drop": [n for n, _ in sizes], "protected": cfg.pruning.protected,
                 "calibration": cfg.pruning.calibration.model_dump(), "seed": cfg.seed,
-                "options": cfg.pruning.options.get(criterion, {})}, (src,))
+                "options": cfg.pruning.options.get(criterion, {}),
+                **(_engine(cfg, "score") if criterion == "task_iterative" else {})}, (src,))
             for n, ratio in sizes:
                 tag = f"{m.name}/{criterion}/n{n}"
                 pruned = b.add("prune", f"prune {tag}", {"num_drop": n}, (src, score))
                 sp = speed(pruned, tag)
+                if cfg.check.enabled:
+                    b.add("check", f"check {tag}", {"check": cfg.check.model_dump(), **_engine(cfg, "check")},
+                          (pruned,))
                 variants.append(_variant(m.name, criterion, n, ratio, "none", evaluate(pruned, tag), sp, L))
                 for arm in cfg.healing.arms:
                     if arm.kind == "none":
@@ -98,6 +103,14 @@ def make_plan(cfg: StudyConfig) -> Plan:
                     variants.append(_variant(m.name, criterion, n, ratio, arm.label,
                                              evaluate(healed, f"{tag}/{arm.label}"), sp, L))
     return Plan(tuple(b.steps.values()), tuple(variants))
+
+
+def _engine(cfg: StudyConfig, kind: str) -> dict[str, Any]:
+    """The step's engine parameters; nothing for the HF engine, so existing step ids do not change."""
+    engine = "vllm" if kind == "check" else getattr(cfg.engine, kind)
+    if engine == "hf":
+        return {}
+    return {"engine": engine, "engine_settings": cfg.engine.model_dump(include={"tensor_parallel_size", "max_model_len"})}
 
 
 def _variant(model, criterion, n, ratio, arm, eval_id, speed_id, L) -> dict[str, Any]:
@@ -114,7 +127,8 @@ def _healing_data(b: _Builder, cfg: StudyConfig, m: ModelConfig, src: str) -> di
     out = {"original": pool}
     if "sgr" in needs:  # one SGR set per teacher: the unpruned model answers the pool
         out["sgr"] = b.add("sgr", f"sgr {m.name}", {"sgr": cfg.healing.sgr.model_dump(), "seed": cfg.seed,
-                                                    "chat_template": m.chat_template}, (src, pool))
+                                                    "chat_template": m.chat_template, **_engine(cfg, "sgr")},
+                                  (src, pool))
     return out
 
 
