@@ -58,8 +58,9 @@ def check_prompts(tokenizer, n: int) -> list[str]:
 
 def check_engines(model: str, engine: str = "vllm", num_prompts: int = 16, max_new_tokens: int = 32,
                   atol: float | None = None, dtype: str | None = None, device: str = "cpu", settings=None,
-                  out: str | Path | None = None, progress: bool = True) -> dict:
-    """Compare greedy generations and top-token log-probabilities of `engine` against the HF engine."""
+                  out: str | Path | None = None, progress: bool = True, backend=None) -> dict:
+    """Compare greedy generations and top-token log-probabilities of `engine` against the HF engine.
+    `backend`: an open `VLLMBackend` of `model` to reuse (left open); else one is started and stopped."""
     from layerprune.evaluation.requests import GenerationRequest
     from layerprune.evaluation.vllm_backend import VLLMBackend, VLLMSettings, check_engine
     from layerprune.loading import load_model
@@ -72,17 +73,20 @@ def check_engines(model: str, engine: str = "vllm", num_prompts: int = 16, max_n
     settings = settings or VLLMSettings()
     if dtype and not settings.dtype:
         settings = replace(settings, dtype=dtype)
-    backend = VLLMBackend(str(model), settings, progress=progress)
-    backend.gen_defaults = {}  # compare the models, not the generation configs
+    own = backend is None
+    backend = VLLMBackend(str(model), settings, progress=progress) if own else backend
     tok, dtype_used = backend.tokenizer, backend.dtype
     tol = ATOL.get(dtype_used, 0.1) if atol is None else atol
     requests = [GenerationRequest(p, max_new_tokens=max_new_tokens) for p in check_prompts(tok, num_prompts)]
+    kept, backend.gen_defaults = backend.gen_defaults, {}  # compare the models, not the generation configs
     try:
         outs = [o[0] for o in backend.run(requests, logprobs=TOP_K)]
         prompts = [backend.prompt_ids(r) for r in requests]
     finally:
+        backend.gen_defaults = kept
         info = backend.info()
-        backend.close()
+        if own:
+            backend.close()
     hf, _ = load_model(str(model), dtype=dtype_used, device=device, tokenizer=False)
     per_prompt, first, worst = [], None, 0.0
     for i, (ids, o) in enumerate(zip(prompts, outs)):

@@ -3,7 +3,7 @@
 
 import argparse
 
-from layerprune.commands._args import add_load_arguments
+from layerprune.commands._args import add_engine_arguments, add_load_arguments, engine_settings
 from layerprune.scoring.files import score_model
 
 NAME = "score"
@@ -63,11 +63,23 @@ def add_arguments(p):
     p.add_argument("--out", required=True, help="scores file to write (JSON)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing scores file")
     add_load_arguments(p)
+    add_engine_arguments(p)  # task_iterative only: the engine its generative tasks run on
 
 
 def run(args) -> int:
+    kwargs = scoring_kwargs(args)
+    settings = engine_settings(args)
+    if settings is not None and args.method != "task_iterative":
+        from layerprune.errors import UsageError
+
+        raise UsageError(f"--engine {args.engine} concerns task_iterative's generative tasks; drop it for {args.method}")
+    if settings is not None:  # task_iterative's candidates then generate on vLLM (see scoring/task.py)
+        from dataclasses import asdict
+
+        kwargs["options"] = {**(kwargs["options"] or {}), "engine": args.engine, "engine_settings": asdict(settings),
+                             "model_path": args.model}
     rec = score_model(args.model, args.out, args.method, overwrite=args.overwrite, dtype=args.dtype,
-                      device=args.device, trust_remote_code=args.trust_remote_code, **scoring_kwargs(args))
+                      device=args.device, trust_remote_code=args.trust_remote_code, **kwargs)
     for n, drop in rec["drops"].items():
         print(f"{args.method}: drop {drop} of {rec['model']['num_layers']} layers")
     print(f"wrote {args.out}")

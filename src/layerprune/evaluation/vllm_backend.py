@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 
 from layerprune.errors import UsageError
 from layerprune.evaluation.requests import (
@@ -61,6 +62,7 @@ class VLLMSettings:
     gpu_memory_utilization: float | None = None  # GPU only; default vLLM's
     enforce_eager: bool = False
     trust_remote_code: bool = False
+    layer_skipping: bool = False  # allow `skip_layers` (task_iterative): eager mode, no prefix caching
 
 
 def check_engine(engine: str) -> str:
@@ -190,6 +192,16 @@ class VLLMBackend:
             ids = ids[:-1]
         return cut_at_stops(self.tokenizer.decode(ids, skip_special_tokens=True), stops)
 
+    def skip_layers(self, skip: Sequence[int]) -> None:
+        """Run the model with decoder layers `skip` (original indices) bypassed, all others restored — what
+        `surgery.skipped_layers` does to an HF model, inside vLLM's worker. Needs `layer_skipping=True`
+        (eager mode, no prefix cache). Each kept layer keeps its index, so its attention type is unchanged."""
+        if not self.settings.layer_skipping:
+            raise RuntimeError("create the VLLMBackend with VLLMSettings(layer_skipping=True) to skip layers")
+        from functools import partial
+
+        self.llm.apply_model(partial(_set_skipped, skip=tuple(sorted(set(skip)))))
+
     def close(self) -> None:
         """Stop vLLM's engine process now rather than at interpreter exit."""
         llm, self.llm = getattr(self, "llm", None), None
@@ -284,7 +296,10 @@ def _make_llm(vllm, path: str, s: VLLMSettings, dtype: str, max_model_len: int, 
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(s.kv_cache_gib))
     kwargs = dict(model=path, tokenizer=path, dtype=dtype, tensor_parallel_size=s.tensor_parallel_size,
                   seed=s.seed, max_model_len=max_model_len, trust_remote_code=s.trust_remote_code,
-                  enforce_eager=s.enforce_eager, generation_config="auto")
+                  enforce_eager=s.enforce_eager or s.layer_skipping, generation_config="auto")
+    if s.layer_skipping:  # a compiled graph or a cached prefix would keep the old layer set
+        kwargs["enable_prefix_caching"] = False
+        os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # apply_model sends a function to the worker
     if s.gpu_memory_utilization is not None:
         kwargs["gpu_memory_utilization"] = s.gpu_memory_utilization
     try:
@@ -292,6 +307,26 @@ def _make_llm(vllm, path: str, s: VLLMSettings, dtype: str, max_model_len: int, 
     except (ValueError, RuntimeError, NotImplementedError) as err:
         first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
         raise UsageError(f"vLLM cannot run {path}: {first}") from None
+
+
+class _Skip(torch.nn.Module):
+    """A bypassed decoder layer: vLLM layers map (positions, hidden, residual) → (hidden, residual) with the
+    stream being hidden + residual, so returning both unchanged leaves the stream as it entered."""
+
+    def forward(self, positions, hidden_states, residual=None, *args, **kwargs):
+        return hidden_states, residual
+
+
+def _set_skipped(model, skip: tuple[int, ...]) -> list[int]:
+    """In vLLM's worker: bypass layers `skip` of the decoder (restoring any bypassed before)."""
+    inner = getattr(model, "model", None) or getattr(model, "language_model").model
+    layers = inner.layers
+    original = getattr(inner, "_layerprune_layers", None)
+    if original is None:
+        original = inner._layerprune_layers = list(layers)
+    for i, layer in enumerate(original):
+        layers[i] = _Skip() if i in skip else layer
+    return list(skip)
 
 
 def open_for_evaluation(engine: str, model_or_path, tokenizer, settings: VLLMSettings | None, *, dtype, device,
