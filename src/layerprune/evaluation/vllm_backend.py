@@ -63,6 +63,11 @@ class VLLMSettings:
     enforce_eager: bool = False
     trust_remote_code: bool = False
     layer_skipping: bool = False  # allow `skip_layers` (task_iterative): eager mode, no prefix caching
+    # Run vLLM's engine core and its one worker in this process (tensor parallel size 1): no processes to
+    # spawn and import vLLM in (on a small CPU machine that is most of the start-up), and vLLM's own error
+    # surfaces here instead of in a child's log. None: in process on vLLM's CPU build at tensor parallel 1,
+    # vLLM's default (engine and worker processes) otherwise.
+    in_process: bool | None = None
 
 
 def check_engine(engine: str) -> str:
@@ -226,7 +231,8 @@ def _eos_ids(config, tokenizer, path: str) -> set[int]:
     ids = set([ids] if isinstance(ids, int) else ids or [])
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
-    return ids
+    vocab = getattr(getattr(config, "text_config", None) or config, "vocab_size", None)
+    return {i for i in ids if vocab is None or i < vocab}  # an id outside the vocabulary is never generated
 
 
 def _generation_config(path: str) -> dict:
@@ -299,12 +305,19 @@ def _make_llm(vllm, path: str, s: VLLMSettings, dtype: str, max_model_len: int, 
                   enforce_eager=s.enforce_eager or s.layer_skipping, generation_config="auto")
     if s.layer_skipping:  # a compiled graph or a cached prefix would keep the old layer set
         kwargs["enable_prefix_caching"] = False
-        os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # apply_model sends a function to the worker
+    in_process = s.in_process if s.in_process is not None else _is_cpu_build() and s.tensor_parallel_size == 1
+    if in_process:
+        if s.tensor_parallel_size != 1:
+            raise UsageError("the in-process vLLM engine runs one worker; use --tensor-parallel-size 1")
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        kwargs["distributed_executor_backend"] = "uni"
+    elif s.layer_skipping:  # apply_model pickles a function over to the worker processes (all local)
+        os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
     if s.gpu_memory_utilization is not None:
         kwargs["gpu_memory_utilization"] = s.gpu_memory_utilization
     try:
         return vllm.LLM(**kwargs)
-    except (ValueError, RuntimeError, NotImplementedError) as err:
+    except (ValueError, RuntimeError, NotImplementedError, AssertionError, TypeError) as err:
         first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
         raise UsageError(f"vLLM cannot run {path}: {first}") from None
 
