@@ -65,8 +65,8 @@ class VLLMSettings:
     layer_skipping: bool = False  # allow `skip_layers` (task_iterative): eager mode, no prefix caching
     # Run vLLM's engine core and its one worker in this process (tensor parallel size 1): no processes to
     # spawn and import vLLM in (on a small CPU machine that is most of the start-up), and vLLM's own error
-    # surfaces here instead of in a child's log. None: in process on vLLM's CPU build at tensor parallel 1,
-    # vLLM's default (engine and worker processes) otherwise.
+    # surfaces here instead of in a child's log. None: in process on vLLM's CPU build at tensor parallel 1
+    # outside a torch.distributed run, vLLM's default (engine and worker processes) otherwise.
     in_process: bool | None = None
 
 
@@ -271,10 +271,10 @@ def _check_settings(s: VLLMSettings, config, limit: int) -> int:
 
     if s.tensor_parallel_size < 1:
         raise UsageError(f"--tensor-parallel-size {s.tensor_parallel_size} must be at least 1")
-    gpus = torch.cuda.device_count()
-    if s.tensor_parallel_size > 1 and s.tensor_parallel_size > gpus and not _is_cpu_build():
-        raise UsageError(f"--tensor-parallel-size {s.tensor_parallel_size} exceeds the {gpus} visible GPU(s); "
-                         f"use at most {gpus}")
+    devices, kind = (os.cpu_count() or 1, "CPU core(s)") if _is_cpu_build() else (torch.cuda.device_count(), "visible GPU(s)")
+    if s.tensor_parallel_size > devices:
+        raise UsageError(f"--tensor-parallel-size {s.tensor_parallel_size} exceeds the {devices} {kind}; "
+                         f"use at most {devices}")
     positions = getattr(getattr(config, "text_config", None) or config, "max_position_embeddings", None)
     if s.max_model_len is not None:
         if s.max_model_len < 2:
@@ -305,7 +305,10 @@ def _make_llm(vllm, path: str, s: VLLMSettings, dtype: str, max_model_len: int, 
                   enforce_eager=s.enforce_eager or s.layer_skipping, generation_config="auto")
     if s.layer_skipping:  # a compiled graph or a cached prefix would keep the old layer set
         kwargs["enable_prefix_caching"] = False
-    in_process = s.in_process if s.in_process is not None else _is_cpu_build() and s.tensor_parallel_size == 1
+    # not under accelerate/torchrun: vLLM's in-process worker would take over (and at shutdown destroy) the
+    # default torch.distributed group that layerprune's processes synchronise with
+    in_process = s.in_process if s.in_process is not None else (
+        _is_cpu_build() and s.tensor_parallel_size == 1 and not torch.distributed.is_initialized())
     if in_process:
         if s.tensor_parallel_size != 1:
             raise UsageError("the in-process vLLM engine runs one worker; use --tensor-parallel-size 1")
