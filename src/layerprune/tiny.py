@@ -54,15 +54,16 @@ FAMILY_KWARGS: dict[str, dict] = {
 }
 
 
-def tiny_config(family: str, num_layers: int = L):
-    """A small config of `family` with `num_layers` layers (patterned fields stretched to fit)."""
+def tiny_config(family: str, num_layers: int = L, **overrides):
+    """A small config of `family` with `num_layers` layers (patterned fields stretched to fit); `overrides`
+    replace config fields (e.g. head_dim=32 for engines whose kernels need it)."""
     from layerprune.families import supported
 
     if family not in FAMILY_KWARGS:
         from layerprune.errors import UsageError
 
         raise UsageError(f"no tiny config for family {family!r}; choose one of: {', '.join(supported())}")
-    kwargs = _resize(FAMILY_KWARGS[family], num_layers)
+    kwargs = _resize({**FAMILY_KWARGS[family], **overrides}, num_layers)
     return AutoConfig.for_model(family, **kwargs)
 
 
@@ -82,10 +83,10 @@ def _resize(kwargs: dict, n: int) -> dict:
     return out
 
 
-def tiny_model(family: str, seed: int = 0, num_layers: int = L):
+def tiny_model(family: str, seed: int = 0, num_layers: int = L, **overrides):
     """A tiny fp32 model in eval mode with seeded random weights (norm weights perturbed too)."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(family, num_layers), dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_config(tiny_config(family, num_layers, **overrides), dtype=torch.float32).eval()
     with torch.no_grad():  # random norms/biases: a zero-init gain would hide a wrong layer
         for name, p in model.named_parameters():
             if p.dim() == 1:
@@ -108,9 +109,9 @@ def tiny_tokenizer():
                                    unk_token="<unk>")
 
 
-def save_tiny(family: str, path, seed: int = 0, num_layers: int = L):
+def save_tiny(family: str, path, seed: int = 0, num_layers: int = L, **overrides):
     """Save a tiny model (+ tokenizer) to `path` as a plain HF checkpoint; return the path."""
-    model = tiny_model(family, seed, num_layers)
+    model = tiny_model(family, seed, num_layers, **overrides)
     model.generation_config.pad_token_id = 0
     model.save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from layerprune.commands._args import add_load_arguments
+from layerprune.commands._args import add_engine_arguments, add_load_arguments, engine_settings
 from layerprune.errors import UsageError
 from layerprune.evaluation.runner import evaluate
 from layerprune.evaluation.tasks.base import TaskOptions
@@ -39,6 +39,7 @@ def add_arguments(p):
     p.add_argument("--allow-weaker-sandbox", action="store_true",
                    help="code tasks: run generated code even where Landlock or seccomp is unavailable")
     add_load_arguments(p, trust_remote_code=False)
+    add_engine_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -50,7 +51,8 @@ def run(args) -> int:
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, num_samples=args.num_samples,
         allow_weaker_sandbox=args.allow_weaker_sandbox)
     result = evaluate(args.model, args.tasks, opts, out_dir=args.out, batch_size=args.batch_size,
-                      dtype=args.dtype, device=args.device, progress=not args.no_progress)
+                      dtype=args.dtype, device=args.device, progress=not args.no_progress, engine=args.engine,
+                      engine_settings=engine_settings(args))
     for task, metrics in result["results"].items():
         shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()
                           if k != "n" and not k.endswith("_stderr") and isinstance(v, float))

@@ -3,7 +3,7 @@
 
 import argparse
 
-from layerprune.commands._args import add_load_arguments
+from layerprune.commands._args import add_engine_arguments, add_load_arguments, engine_settings
 from layerprune.scoring.files import score_model
 from layerprune.scoring.stability import DEFAULT_THRESHOLD
 
@@ -74,12 +74,23 @@ def add_arguments(p):
     p.add_argument("--stability-threshold", type=float, default=DEFAULT_THRESHOLD,
                    help=f"mean overlap below which a size is flagged unstable (default {DEFAULT_THRESHOLD})")
     add_load_arguments(p)
+    add_engine_arguments(p)  # task_iterative only: the engine its generative tasks run on
 
 
 def run(args) -> int:
     kwargs = scoring_kwargs(args)
     if args.calibration_seeds is not None:
         kwargs.update(calibration_seeds=args.calibration_seeds, stability_threshold=args.stability_threshold)
+    settings = engine_settings(args)
+    if settings is not None and args.method != "task_iterative":
+        from layerprune.errors import UsageError
+
+        raise UsageError(f"--engine {args.engine} concerns task_iterative's generative tasks; drop it for {args.method}")
+    if settings is not None:  # task_iterative's candidates then generate on vLLM (see scoring/task.py)
+        from dataclasses import asdict
+
+        kwargs["options"] = {**(kwargs["options"] or {}), "engine": args.engine, "engine_settings": asdict(settings),
+                             "model_path": args.model}
     rec = score_model(args.model, args.out, args.method, overwrite=args.overwrite, dtype=args.dtype,
                       device=args.device, trust_remote_code=args.trust_remote_code, **kwargs)
     for n, drop in rec["drops"].items():

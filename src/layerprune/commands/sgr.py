@@ -1,5 +1,6 @@
 """layerprune sgr TEACHER --prompts SPEC --out FILE.jsonl"""
 
+from layerprune.commands._args import add_engine_arguments, engine_settings
 from layerprune.healing.sgr import generate_sgr
 
 NAME = "sgr"
@@ -27,6 +28,7 @@ def add_arguments(p):
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: the checkpoint's)")
     p.add_argument("--device", default="auto", help="auto (accelerate's device per process) | cpu")
     p.add_argument("--overwrite", action="store_true", help="discard existing rows in --out and start over")
+    add_engine_arguments(p)
 
 
 def run(args) -> int:
@@ -34,7 +36,8 @@ def run(args) -> int:
                      shuffle_seed=args.shuffle_seed, max_new_tokens=args.max_new_tokens,
                      temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, batch_size=args.batch_size,
                      max_prompt_tokens=args.max_prompt_tokens, dtype=args.dtype, device=args.device,
-                     overwrite=args.overwrite, allow_fewer=args.allow_fewer)
+                     overwrite=args.overwrite, allow_fewer=args.allow_fewer, engine=args.engine,
+                     engine_settings=engine_settings(args))
     if s["is_main"]:
         print(f"{s['selected']} prompts: {s['already_done']} already done, {s['generated']} generated → {s['out']}")
     return 0

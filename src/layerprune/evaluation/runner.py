@@ -42,12 +42,14 @@ LM_EVAL_REFERENCE = "0.4.13"  # the harness whose prompts, tokenization and metr
 def evaluate(model_or_path, tasks: str | Sequence[str], opts: TaskOptions | None = None, out_dir=None,
              batch_size: int = 16, dtype: str | None = None, device: str | None = "cpu", tokenizer=None,
              add_bos_token: bool | None = None, progress: bool = True, backend: Backend | None = None,
-             resume_dir=None) -> dict[str, Any]:
+             resume_dir=None, engine: str = "hf", engine_settings=None) -> dict[str, Any]:
     """Evaluate a model (a path/hub id, or a loaded model with `tokenizer`) on `tasks`; see module doc.
 
     `backend`: any object with `loglikelihood(requests)` / `generate(requests)` (`requests.Backend`) answers
     the requests instead of an `HFBackend` over the model; `model_or_path` may then be None (the tokenizer
     is still needed for a chat template).
+    `engine="vllm"` generates with vLLM (`engine_settings`: a `VLLMSettings`; needs a path or hub id);
+    log-likelihood requests then go to the HF engine, loaded only if a task needs them.
     `resume_dir`: each finished task is kept there, and a rerun after a crash runs only the unfinished ones."""
     opts = opts or TaskOptions()
     names = _task_names(tasks)
@@ -62,7 +64,13 @@ def evaluate(model_or_path, tasks: str | Sequence[str], opts: TaskOptions | None
         check_model_source(str(model_or_path))
         tokenizer = load_tokenizer(str(model_or_path))  # a missing chat template fails before the weights load
         chat_renderer(tokenizer, str(model_or_path), opts.system_prompt)
-    if backend is None or model_or_path is not None:
+    if backend is None and engine != "hf":  # vLLM generates; the HF engine scores log-likelihoods if asked
+        from layerprune.evaluation.vllm_backend import open_for_evaluation
+
+        backend, model, tokenizer, source = open_for_evaluation(
+            engine, model_or_path, tokenizer, engine_settings, dtype=dtype, device=device, batch_size=batch_size,
+            add_bos_token=add_bos_token, progress=progress, load=_load)
+    elif backend is None or model_or_path is not None:
         model, tokenizer, source = _load(model_or_path, tokenizer, dtype, device)
     else:
         model, source = None, None
@@ -97,8 +105,11 @@ def evaluate(model_or_path, tasks: str | Sequence[str], opts: TaskOptions | None
         if isinstance(task, TaskGroup):
             results[task.name] = aggregate_group(task, results)
     timings["total_s"] = round(time.perf_counter() - start, 3)
-    output = {"results": results, "config": _config(names, opts, batch_size, dtype, device),
-              "model": {"path": source, "fingerprint": _fingerprint(source, model) if model is not None else None},
+    if hasattr(backend, "close"):
+        backend.close()
+    output = {"results": results, "config": {**_config(names, opts, batch_size, dtype, device), "engine": engine},
+              "model": {"path": source, "fingerprint": _fingerprint(source, model)
+                        if model is not None or (source and Path(source).expanduser().is_dir()) else None},
               "versions": {**provenance.versions(), "lm_eval_reference": LM_EVAL_REFERENCE,
                            "tasks": {m.name: getattr(m, "version", None) for m in _members(resolved)}},
               "backend": backend.info() if hasattr(backend, "info") else {"class": type(backend).__name__},
@@ -257,6 +268,8 @@ def _config(names, opts: TaskOptions, batch_size, dtype, device) -> dict[str, An
 
 
 def _fingerprint(source: str | None, model) -> str:
+    if model is None:  # vLLM holds the weights: fingerprint the files
+        return provenance.fingerprint_source(source)
     if source is not None and Path(source).expanduser().is_dir():
         return provenance.fingerprint_dir(Path(source).expanduser())
     h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())

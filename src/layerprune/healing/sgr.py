@@ -33,7 +33,8 @@ from layerprune.healing.prompts import Prompt, load_prompts, select
 from layerprune.provenance import fingerprint_source, write_text
 
 CHUNKS_PER_WRITE = 4  # batches answered between two appends to the part file (the resume granularity)
-_MATCH_KEYS = ("teacher_fingerprint", "temperature", "top_p", "top_k", "max_new_tokens", "seed")
+_MATCH_KEYS = ("teacher_fingerprint", "temperature", "top_p", "top_k", "max_new_tokens", "seed", "engine")
+_OLD_ROWS = {"engine": "hf"}  # rows written before a key existed
 
 
 def sample_seed(seed: int, pid: str) -> int:
@@ -44,11 +45,14 @@ def generate_sgr(teacher: str, prompts: str, out: str | Path, num: int | None = 
                  shuffle_seed: int = 42, max_new_tokens: int = 8192, temperature: float = 0.9, top_p: float = 0.95,
                  top_k: int = 0, batch_size: int = 8, max_prompt_tokens: int | None = None, dtype: str | None = None,
                  device: str = "auto", overwrite: bool = False, process_group_timeout_s: int = 7200,
-                 allow_fewer: bool = False) -> dict:
-    """Answer `num` prompts of `prompts` with `teacher`, append to `out` (JSONL); return a summary."""
+                 allow_fewer: bool = False, engine: str = "hf", engine_settings=None) -> dict:
+    """Answer `num` prompts of `prompts` with `teacher`, append to `out` (JSONL); return a summary.
+    `engine="vllm"` samples with vLLM (`engine_settings`: a `VLLMSettings`); rows record the engine."""
+    from layerprune.evaluation.vllm_backend import check_engine
     from layerprune.loading import load_model
 
     _check_args(out, temperature, top_p, max_new_tokens, batch_size)
+    check_engine(engine)
     state = process_state(process_group_timeout_s)  # ranks may finish their shards minutes apart
     out = Path(out)
     if overwrite and state.is_main_process:
@@ -58,13 +62,18 @@ def generate_sgr(teacher: str, prompts: str, out: str | Path, num: int | None = 
     pool = load_prompts(prompts)
     if max_prompt_tokens is None:  # a pool smaller than --num fails before the teacher is loaded
         select(pool, num, shuffle_seed, allow_fewer=allow_fewer)
-    model, tok = load_model(teacher, dtype=dtype, device=_device(device, state))
-    if tok is None:
-        raise UsageError(f"teacher {teacher} has no tokenizer; save one next to the model")
+    if engine == "hf":
+        model, tok = load_model(teacher, dtype=dtype, device=_device(device, state))
+        if tok is None:
+            raise UsageError(f"teacher {teacher} has no tokenizer; save one next to the model")
+        backend, engine_info = None, {"engine": "hf"}
+    else:
+        backend, model = _vllm_teacher(teacher, dtype, engine_settings), None
+        tok, engine_info = backend.tokenizer, backend.info()
     params = {"teacher": teacher, "teacher_fingerprint": fingerprint_source(teacher, model),
               "temperature": temperature, "top_p": top_p, "top_k": top_k, "max_new_tokens": max_new_tokens,
               "process_group_timeout_s": process_group_timeout_s,
-              "seed": seed, "shuffle_seed": shuffle_seed}
+              "seed": seed, "shuffle_seed": shuffle_seed, "engine": engine, "engine_settings": engine_info}
     keep = None
     if max_prompt_tokens is not None:
         def keep(p: Prompt) -> bool:
@@ -74,7 +83,9 @@ def generate_sgr(teacher: str, prompts: str, out: str | Path, num: int | None = 
     state.wait_for_everyone()  # every process reads what is done before any process appends more
     todo = [p for p in chosen if p.id not in done]
     mine = todo[state.process_index :: state.num_processes]
-    _answer(model, tok, mine, params, batch_size, _part(out, state.process_index))
+    _answer(model, tok, mine, params, batch_size, _part(out, state.process_index), backend)
+    if backend is not None:
+        backend.close()
     state.wait_for_everyone()
     if state.is_main_process:
         _merge(out, [p.id for p in chosen])
@@ -99,7 +110,36 @@ def _device(device: str, state) -> str:
     return "cpu" if device == "cpu" else str(state.device)
 
 
-def _answer(model, tok, prompts: list[Prompt], params: dict, batch_size: int, part: Path) -> None:
+def _vllm_teacher(teacher: str, dtype: str | None, settings):
+    from dataclasses import asdict
+
+    from layerprune.evaluation.vllm_backend import VLLMBackend, VLLMSettings
+
+    settings = settings or VLLMSettings()
+    if dtype and not settings.dtype:
+        settings = VLLMSettings(**{**asdict(settings), "dtype": dtype})
+    _own_gpus(settings.tensor_parallel_size)
+    return VLLMBackend(teacher, settings, progress=False)
+
+
+def _own_gpus(tp: int) -> None:
+    """Under several processes each vLLM engine gets its own `tp` GPUs (local rank r: GPUs r·tp … r·tp+tp-1)
+    through CUDA_VISIBLE_DEVICES, which vLLM's engine process inherits."""
+    import torch
+
+    state = process_state()
+    if state.num_processes == 1 or not torch.cuda.is_available():
+        return
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+    mine = ids[state.local_process_index * tp:(state.local_process_index + 1) * tp]
+    if len(mine) < tp:
+        raise UsageError(f"{state.num_processes} processes × --tensor-parallel-size {tp} need "
+                         f"{state.num_processes * tp} GPUs, {len(ids)} visible; use fewer processes")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
+
+
+def _answer(model, tok, prompts: list[Prompt], params: dict, batch_size: int, part: Path, backend=None) -> None:
     from tqdm.auto import tqdm
 
     from layerprune.evaluation.generation import generate_batch
@@ -116,7 +156,7 @@ def _answer(model, tok, prompts: list[Prompt], params: dict, batch_size: int, pa
                                       top_p=params["top_p"], top_k=params["top_k"],
                                       seed=sample_seed(params["seed"], p.id))
                     for p, m in zip(chunk, messages)]
-        results = generate_batch(model, tok, requests, batch_size=batch_size)
+        results = backend.generate(requests) if backend else generate_batch(model, tok, requests, batch_size=batch_size)
         rows = [{"id": p.id, "messages": m, "response": r.texts[0], "original": p.original, "format": fmt,
                  # "length": cut at max_new_tokens, not a complete answer (heal drops these by default)
                  "finish_reason": r.finish_reasons[0], "prompt_tokens": len(tok(q.context)["input_ids"]),
@@ -164,7 +204,7 @@ def _existing(out: Path, params: dict) -> set[str]:
             continue
         for row in _read_rows(path):
             prov = row.get("provenance", {})
-            diff = [k for k in _MATCH_KEYS if prov.get(k) != params[k]]
+            diff = [k for k in _MATCH_KEYS if prov.get(k, _OLD_ROWS.get(k)) != params[k]]
             if diff:
                 raise UsageError(f"{path} holds rows made with different {', '.join(diff)}; "
                                  "pass --overwrite or choose another --out")

@@ -291,6 +291,29 @@ class ExecutorConfig(_Strict):
         return v
 
 
+Engine = Literal["hf", "vllm"]
+
+
+class EngineConfig(_Strict):
+    """Which engine generates, per step kind: `hf` (the reference) or `vllm` (the 'vllm' extra). Log-likelihood
+    tasks always score on the HF engine; `score` concerns task-aware criteria (task_iterative)."""
+
+    sgr: Engine = "hf"
+    eval: Engine = "hf"
+    score: Engine = "hf"
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM: GPUs one model is split over")
+    max_model_len: int | None = Field(None, ge=2, description="vLLM: context length; default the checkpoint's")
+
+
+class CheckConfig(_Strict):
+    """Engine parity check (`layerprune check`) on every pruned model: vLLM vs the HF engine."""
+
+    enabled: bool = False
+    prompts: int = Field(16, ge=1)
+    max_new_tokens: int = Field(32, ge=1)
+    atol: float | None = Field(None, gt=0, description="default: 1e-3 in float32, 0.1 in bfloat16/float16")
+
+
 class ReportConfig(_Strict):
     safe_threshold: float = Field(0.9, gt=0, le=1, description="retention CI lower bound needed to call a ratio safe")
     bootstrap: int = Field(1000, ge=100)
@@ -306,6 +329,8 @@ class StudyConfig(_Strict):
     healing: HealingConfig = HealingConfig()
     eval: EvalConfig
     speed: SpeedConfig = SpeedConfig()
+    engine: EngineConfig = EngineConfig()
+    check: CheckConfig = CheckConfig()
     report: ReportConfig = ReportConfig()
     executor: ExecutorConfig = ExecutorConfig()
 

@@ -31,12 +31,14 @@ def testbed_model_dir() -> Path:
     return path
 
 
-def demo_config(quick: bool = False) -> StudyConfig:
+def demo_config(quick: bool = False, engine: str = "hf") -> StudyConfig:
     raw = yaml.safe_load(DEMO_CONFIG.read_text())
     overrides = raw.pop("quick")
     if quick:
         raw = _merge(raw, overrides)
     raw["models"][0]["path"] = str(testbed_model_dir())
+    if engine != "hf":  # SGR, generative evaluation and task-aware scoring on that engine
+        raw["engine"] = {"sgr": engine, "eval": engine, "score": engine}
     cfg = StudyConfig.model_validate(raw)
     check_names(cfg)
     return cfg
@@ -61,9 +63,13 @@ def write_inputs(out: Path, cfg: StudyConfig) -> None:
         write_prompt_pool(inputs / "prompts.jsonl", num=max(512, cfg.healing.prompts.num), seed=cfg.seed)
 
 
-def run_demo(out: str | Path = "layerprune-demo", quick: bool = False) -> Path:
+def run_demo(out: str | Path = "layerprune-demo", quick: bool = False, engine: str = "hf") -> Path:
     out = Path(out)
-    cfg = demo_config(quick)
+    from layerprune.evaluation.vllm_backend import check_engine, import_vllm
+
+    if check_engine(engine) == "vllm":
+        import_vllm()  # missing vLLM: one line naming the extra, before anything is written
+    cfg = demo_config(quick, engine)
     out.mkdir(parents=True, exist_ok=True)
     write_inputs(out, cfg)
     run_study(cfg, out, base_dir=out)

@@ -17,7 +17,7 @@ from typing import Any
 from layerprune.errors import UsageError
 from layerprune.study.config import ModelConfig, StudyConfig
 
-KINDS = ("model", "score", "prune", "prompts", "sgr", "heal", "eval", "speed")
+KINDS = ("model", "score", "prune", "prompts", "sgr", "heal", "eval", "speed", "check")
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,8 @@ def make_plan(cfg: StudyConfig) -> Plan:
         prompt = _prompt_params(m)  # one prompt rendering for scoring (task_iterative) and every evaluation
 
         def evaluate(model_step: str, what: str) -> str:
-            return b.add("eval", f"eval {what}", {"eval": ev, **prompt, "seed": cfg.seed}, (model_step,))
+            return b.add("eval", f"eval {what}", {"eval": ev, **prompt, "seed": cfg.seed, **_engine(cfg, "eval")},
+                         (model_step,))
 
         def speed(model_step: str, what: str) -> str | None:
             if not cfg.speed.enabled:
@@ -87,7 +88,8 @@ def make_plan(cfg: StudyConfig) -> Plan:
                 "calibration": cfg.pruning.calibration.model_dump(), "seed": cfg.seed,
                 "options": cfg.pruning.options.get(criterion, {}),
                 **(prompt if criterion == "task_iterative" else {}),
-                **({"calibration_seeds": cfg.pruning.calibration_seeds} if cfg.pruning.calibration_seeds else {})},
+                **({"calibration_seeds": cfg.pruning.calibration_seeds} if cfg.pruning.calibration_seeds else {}),
+                **(_engine(cfg, "score") if criterion == "task_iterative" else {})},
                 (src,))
 
             def heal(model_step: str, tag: str, arm, train: dict) -> str:
@@ -97,6 +99,9 @@ def make_plan(cfg: StudyConfig) -> Plan:
                 tag = f"{m.name}/{criterion}/n{n}"
                 pruned = b.add("prune", f"prune {tag}", {"num_drop": n}, (src, score))
                 sp = speed(pruned, tag)
+                if cfg.check.enabled:
+                    b.add("check", f"check {tag}", {"check": cfg.check.model_dump(), **_engine(cfg, "check")},
+                          (pruned,))
                 variants.append(_variant(m.name, criterion, n, ratio, "none", evaluate(pruned, tag), sp, L))
                 for arm in cfg.healing.arms:
                     if arm.kind == "none":
@@ -216,6 +221,14 @@ def _eval_params(cfg: StudyConfig) -> dict[str, Any]:
     return ev
 
 
+def _engine(cfg: StudyConfig, kind: str) -> dict[str, Any]:
+    """The step's engine parameters; nothing for the HF engine, so existing step ids do not change."""
+    engine = "vllm" if kind == "check" else getattr(cfg.engine, kind)
+    if engine == "hf":
+        return {}
+    return {"engine": engine, "engine_settings": cfg.engine.model_dump(include={"tensor_parallel_size", "max_model_len"})}
+
+
 def _variant(model, criterion, n, ratio, arm, eval_id, speed_id, L) -> dict[str, Any]:
     return {"model": model, "criterion": criterion, "num_drop": n, "ratio": ratio, "arm": arm,
             "num_layers": L, "eval": eval_id, "speed": speed_id}
@@ -233,7 +246,8 @@ def _healing_data(b: _Builder, cfg: StudyConfig, m: ModelConfig, src: str) -> di
     out = {"original": pool}
     if "sgr" in needs:  # one SGR set per teacher: the unpruned model answers the pool
         out["sgr"] = b.add("sgr", f"sgr {m.name}", {"sgr": cfg.healing.sgr.model_dump(), "seed": cfg.seed,
-                                                    "chat_template": m.chat_template}, (src, pool))
+                                                    "chat_template": m.chat_template, **_engine(cfg, "sgr")},
+                                  (src, pool))
     return out
 
 

@@ -31,6 +31,16 @@ def _resolve(path: str, base: Path) -> str:
     return str(p if p.is_absolute() or not (base / p).exists() else (base / p).resolve())
 
 
+def _engine(ctx) -> tuple[str, object]:
+    """(engine, VLLMSettings or None) of this step (`plan._engine`)."""
+    p = ctx.step.params
+    if p.get("engine", "hf") == "hf":
+        return "hf", None
+    from layerprune.evaluation.vllm_backend import VLLMSettings
+
+    return p["engine"], VLLMSettings(**p["engine_settings"])
+
+
 def run_model(ctx, out: Path) -> None:
     from layerprune.hub import fetch_model
     from layerprune.provenance import fingerprint_source
@@ -72,6 +82,9 @@ def run_score(ctx, out: Path) -> None:
 def _score_options(ctx) -> dict | None:
     """Per-criterion options; a task-aware criterion reads the study's eval data unless told otherwise."""
     options = dict(ctx.step.params["options"])
+    if ctx.step.params.get("engine"):
+        options.update(engine=ctx.step.params["engine"], engine_settings=ctx.step.params["engine_settings"],
+                       model_path=model_path(ctx.input(0)))
     data_dir = ctx.cfg.eval.data_dir
     if ctx.step.params["method"] == "task_iterative" and data_dir and "data_dir" not in options:
         options["data_dir"] = _resolve(data_dir, ctx.base_dir)
@@ -108,7 +121,8 @@ def run_eval(ctx, out: Path) -> None:
         allow_weaker_sandbox=ev.get("allow_weaker_sandbox", False))
     evaluate(model_path(ctx.input(0)), ev["tasks"], opts, out_dir=out, batch_size=ev["batch_size"],
              dtype=model_dtype(ctx.input(0)),
-             device=ctx.cfg.device, progress=False, resume_dir=ctx.work / "tasks")  # a rerun runs only unfinished tasks
+             device=ctx.cfg.device, progress=False, resume_dir=ctx.work / "tasks",  # a rerun runs only unfinished tasks
+             engine=_engine(ctx)[0], engine_settings=_engine(ctx)[1])
 
 
 def run_speed(ctx, out: Path) -> None:
@@ -182,7 +196,7 @@ def run_sgr(ctx, out: Path) -> None:
                  shuffle_seed=p["seed"], max_new_tokens=sgr["max_new_tokens"], temperature=sgr["temperature"],
                  top_p=sgr["top_p"], batch_size=sgr["batch_size"], device=ctx.cfg.device,
                  process_group_timeout_s=sgr["process_group_timeout_s"],
-                 dtype=model_dtype(ctx.input(0)))
+                 dtype=model_dtype(ctx.input(0)), engine=_engine(ctx)[0], engine_settings=_engine(ctx)[1])
     os.replace(work_file, out / "sgr.jsonl")
 
 
@@ -223,6 +237,16 @@ def _repair(ctx, target: Path) -> None:
     repair(model_path(ctx.input(0)), target, config, overwrite=target.exists(), device=ctx.cfg.device)
 
 
+def run_check(ctx, out: Path) -> None:
+    """Engine parity of a pruned model (`layerprune check`); check.json says whether the engines agree."""
+    from layerprune.check import check_engines
+
+    c = ctx.step.params["check"]
+    check_engines(model_path(ctx.input(0)), num_prompts=c["prompts"], max_new_tokens=c["max_new_tokens"],
+                  atol=c["atol"], device=ctx.cfg.device, settings=_engine(ctx)[1], out=out / "check.json",
+                  progress=False)
+
+
 RUNNERS = {
     "model": run_model,
     "score": run_score,
@@ -232,4 +256,5 @@ RUNNERS = {
     "prune": run_prune,
     "eval": run_eval,
     "speed": run_speed,
+    "check": run_check,
 }
