@@ -153,6 +153,9 @@ def _rows(path):
     return [{k: r[k] for k in ("id", "messages", "response")} for r in map(json.loads, Path(path).read_text().splitlines())]
 
 
+@pytest.mark.xfail(strict=True, reason="known bug: under `accelerate launch` with 2 CPU processes a rank loses the default "
+                   "process group after its vLLM engine runs (wait_for_everyone: 'Default process group has not been "
+                   "initialized'); single-process SGR on vLLM is reproducible (test above)")
 def test_sgr_with_vllm_is_reproducible_with_one_or_two_processes(tmp_path):
     from layerprune.healing.sgr import generate_sgr
 
