@@ -157,7 +157,7 @@ def test_two_processes_match_one(tmp_path, teacher, alpaca):
     assert not list(tmp_path.glob("*.part-*"))
 
     launch("heal", teacher, "--data", two, "--out", tmp_path / "healed", "--max-steps", 2, "--lora-r", 4,
-           "--batch-size", 1, "--grad-accum", 1, "--logging-steps", 1, "--warmup-steps", 0)
+           "--keep-truncated", "--batch-size", 1, "--grad-accum", 1, "--logging-steps", 1, "--warmup-steps", 0)
     rec = json.loads((tmp_path / "healed" / "healing.json").read_text())
     assert rec["world_size"] == 2 and rec["steps"] == 2 and rec["hyperparameters"]["effective_batch"] == 2
     assert (tmp_path / "healed" / "model.safetensors").is_file() and not (tmp_path / "healed.work").exists()

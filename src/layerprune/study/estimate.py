@@ -19,7 +19,9 @@ from layerprune.study.plan import Plan
 # Published sizes of the split each task evaluates (lm-eval's), used when the data is not local.
 DOCS = {"mmlu": 14042, "arc_challenge": 1172, "arc_easy": 2376, "hellaswag": 10042, "winogrande": 1267,
         "piqa": 1838, "openbookqa": 500, "boolq": 3270, "gsm8k": 1319, "math": 5000, "humaneval": 164,
-        "humaneval_plus": 164, "mbpp": 500, "mbpp_plus": 378, "arithmetic": 1000, "brackets": 1000}  # probes: N_ITEMS
+        "humaneval_plus": 164, "mbpp": 500, "mbpp_plus": 378, "arithmetic": 1000, "brackets": 1000,  # probes: N_ITEMS
+        "humaneval_instruct": 164, "humaneval_plus_instruct": 164, "mbpp_instruct": 500, "mbpp_plus_instruct": 378,
+        "gsm8k_cot": 1319, "gsm8k_cot_llama": 1319}
 
 
 def estimate(cfg: StudyConfig, plan: Plan) -> dict:
