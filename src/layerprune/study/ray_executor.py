@@ -137,12 +137,19 @@ def check_shared_root(ray, root: Path) -> None:
     probes = root / ".probe"
     probes.mkdir(parents=True, exist_ok=True)
     (probes / f"{token}.driver").write_text(token)
-    nodes = [n for n in ray.nodes() if n["Alive"]]
     probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
     try:
-        refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                .remote(str(probes), token, n["NodeID"]) for n in nodes]
-        seen = ray.get(refs, timeout=300)
+        for attempt in range(10):  # a node that just died can still be listed alive for a moment
+            nodes = [n for n in ray.nodes() if n["Alive"]]
+            refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                    .remote(str(probes), token, n["NodeID"]) for n in nodes]
+            try:
+                seen = ray.get(refs, timeout=300)
+                break
+            except ray.exceptions.TaskUnschedulableError:
+                if attempt == 9:
+                    raise
+                time.sleep(1.0)
         for node, saw in zip(nodes, seen):
             if not (saw and (probes / f"{token}.{node['NodeID']}").read_text() == token):
                 raise UsageError(f"--root {root} is not shared with Ray node {node['NodeManagerAddress']} "
