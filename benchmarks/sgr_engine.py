@@ -7,8 +7,9 @@ Workload as `layerprune sgr` sends it: GSM8K training questions as user turns wi
 rendered by the testbed tokenizer's chat template, its end-of-turn stop strings, sampled at T 0.9, top-p 0.95,
 `--max-new-tokens` at most, one seed per prompt. `--model testbed` is the bundled trained testbed model;
 `--model random` a random Llama of the given size with the testbed tokenizer (head rows beyond the tokenizer's
-vocabulary zeroed, so the text is real tokens). Today's engine is main's `evaluation/generation.py`, taken with
-`git show $(git merge-base HEAD main):...` into a temporary module (or `--old FILE`). Both engines run the same requests with the
+vocabulary zeroed, so the text is real tokens). The old engine is `evaluation/generation.py` as it was before
+issue #15 (commit 9e932d3: static batches, per-row host sampling, cache re-concatenation), taken with `git show`
+into a temporary module (or `--old FILE`). Both engines run the same requests with the
 same batch size, alternately, `--repeats` times (best time kept). Generated tokens are counted the same way
 for both (the returned texts re-encoded); the samples themselves differ, as the draw changed.
 Prints tokens/s of each (wall clock and per CPU second: on a shared machine the latter, with `--threads 1`, is
@@ -31,6 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 MAIN_FILE = "src/layerprune/evaluation/generation.py"
+OLD_ENGINE = "9e932d3"  # the last commit before issue #15 rewrote the engine
 
 
 def main() -> None:
@@ -44,7 +46,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: the machine's default)")
-    p.add_argument("--old", help="today's generation.py (default: main's at this branch's merge base)")
+    p.add_argument("--old", help=f"the old generation.py (default: the file at commit {OLD_ENGINE})")
     args = p.parse_args()
 
     import torch
@@ -90,11 +92,9 @@ def main() -> None:
 
 
 def _load_old(path: str | None):
-    """main's generation.py as a module of its own (it imports only what both trees have)."""
+    """The old generation.py as a module of its own (it imports only what both trees have)."""
     if path is None:
-        base = subprocess.run(["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], capture_output=True,
-                              text=True, check=True).stdout.strip()  # main where this branch left it
-        text = subprocess.run(["git", "-C", str(ROOT), "show", f"{base}:{MAIN_FILE}"], capture_output=True,
+        text = subprocess.run(["git", "-C", str(ROOT), "show", f"{OLD_ENGINE}:{MAIN_FILE}"], capture_output=True,
                               text=True, check=True).stdout
         path = str(Path(tempfile.mkdtemp(prefix="lp_old_engine_")) / "old_generation.py")
         Path(path).write_text(text)

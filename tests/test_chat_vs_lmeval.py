@@ -1,6 +1,6 @@
 """The chat path against lm-eval 0.4.13 itself (`apply_chat_template`, `fewshot_as_multiturn`,
-`system_instruction`), offline, on tiny random models carrying the real Qwen2.5-7B-Instruct and
-Mistral-7B-Instruct-v0.3 tokenizers and chat templates (`../shared/models`).
+`system_instruction`), offline, on tiny random models carrying the real Qwen2.5-7B-Instruct,
+Mistral-7B-Instruct-v0.3 and Llama-3.1-8B-Instruct tokenizers and chat templates (`../shared/models`).
 
 Per doc: the same prompt strings and token ids, the same per-choice log-likelihoods (1e-4, fp32) and metrics
 for arc_easy, mmlu_anatomy, hellaswag and winogrande; the same greedy generations, filtered answers/programs
@@ -24,7 +24,9 @@ pytestmark = [pytest.mark.slow,
 
 LIMIT, MAX_GEN, BATCH = 3, 12, 3
 # (model, fewshot_as_multiturn, system prompt): both collapse rules and a system turn are covered
-SETUPS = {"qwen2.5-7b-instruct": (False, "You are a careful assistant."), "mistral-7b-instruct-v0.3": (True, None)}
+# (Llama-3.1's template writes BOS itself and a dated system turn of its own; Qwen has no BOS; Mistral v0.3 its own)
+SETUPS = {"qwen2.5-7b-instruct": (False, "You are a careful assistant."), "mistral-7b-instruct-v0.3": (True, None),
+          "llama-3.1-8b-instruct": (True, "You are a careful assistant.")}
 
 
 @pytest.fixture(scope="module", params=sorted(SETUPS))
@@ -129,5 +131,7 @@ def test_generative_tasks_equal_lm_eval(chat_model, tmp_path):
                 passed = run_programs([program])[0].status == "passed"
                 assert mine["pass@1"] == float(passed)
     assert wrote, "the tiny model should write something"
-    assert "<|im_start|>assistant\nHere is the completed function:" in samples["humaneval_instruct"][0]["context"] \
-        or "[/INST]" in samples["humaneval_instruct"][0]["context"]
+    opened = {"qwen2.5-7b-instruct": "<|im_start|>assistant\n", "mistral-7b-instruct-v0.3": "[/INST]",
+              "llama-3.1-8b-instruct": "<|start_header_id|>assistant<|end_header_id|>\n\n"}[name]
+    context = samples["humaneval_instruct"][0]["context"]  # gen_prefix opens the assistant's turn
+    assert context.count(opened + "Here is the completed function:\n```python\n") == 1, context[-300:]

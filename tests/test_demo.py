@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 def test_demo_configs_validate():
     full, quick = demo_config(), demo_config(quick=True)
-    assert full.pruning.criteria == ["reverse", "bi", "angular"] and [a.kind for a in full.healing.arms] == [
+    assert full.pruning.criteria == ["reverse", "bi"] and [a.kind for a in full.healing.arms] == [
         "none", "original", "sgr", "kd", "linear"]
     assert quick.eval.limit < full.eval.limit and quick.models[0].path == str(testbed_model_dir())
 

@@ -22,12 +22,12 @@ from layerprune.evaluation.tasks import get_task
 from layerprune.evaluation.tasks.base import TaskOptions
 
 TESTBED = Path(__file__).resolve().parents[1] / "src/layerprune/testbed/model"
-N_CODE = 40  # problems per code benchmark (each runs twice in the sandbox: canonical and replayed)
 needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"benchmark data not found at {DATA_DIR}")
 
 
 class Replay:
-    """A backend answering from `answers`: the first (key, reply) whose key occurs in the prompt."""
+    """A backend answering from `answers`: the reply of the longest key that occurs in the prompt (a doc's own
+    text, so a shorter text contained in another doc's prompt cannot capture it)."""
 
     def __init__(self, answers: list[tuple[str, str]]):
         self.answers = answers
@@ -40,7 +40,7 @@ class Replay:
         out = []
         for req in requests:
             self.prompts.append(req.context)
-            reply = next(text for key, text in self.answers if key in req.context)
+            reply = max(((k, t) for k, t in self.answers if k in req.context), key=lambda kt: len(kt[0]))[1]
             if not req.context.endswith("\n"):  # a chat template's continue_final_message strips gen_prefix's
                 reply = "\n" + reply           # trailing newline; the model writes it first
             cuts = [reply.find(s) for s in req.until if s and reply.find(s) >= 0]
@@ -66,23 +66,31 @@ def _canonical_passes(task_name: str, docs: list[dict], completion) -> list[bool
 @pytest.mark.slow
 @needs_data
 def test_instruct_style_answers_score_like_canonical_solutions(chat_tok, tmp_path):
-    opts = TaskOptions(data_dir=DATA_DIR, limit=N_CODE, chat_template=True, system_prompt="You are a coder.")
-    he_docs = get_task("humaneval").load_docs(opts)[:N_CODE]
-    mb_docs = get_task("mbpp").load_docs(opts)[:N_CODE]
+    """Every HumanEval and MBPP test problem (164 + 500, each run twice in the sandbox: canonical and replayed)."""
+    from layerprune.evaluation.tasks.instruct import mbpp_instruct_text
+
+    opts = TaskOptions(data_dir=DATA_DIR, chat_template=True, system_prompt="You are a coder.")
+    he_docs = get_task("humaneval").load_docs(opts)
+    mb_docs = get_task("mbpp").load_docs(opts)
+    assert (len(he_docs), len(mb_docs)) == (164, 500)
     # after gen_prefix "```python\n{prompt}\n": the body, the closing fence, then prose (a new paragraph)
     he = [(d["prompt"], d["canonical_solution"] + "\n```\n\nThis function loops over the input and returns the "
            "result. Let me know if you need tests.") for d in he_docs]
-    mb = [(d["text"], d["code"] + "\n```\n\nExplanation: the function above solves the task.\n\n```python\n"
-           "print('usage')\n```") for d in mb_docs]
+    mb = [(mbpp_instruct_text(d), d["code"] + "\n```\n\nExplanation: the function above solves the task.\n\n"
+           "```python\nprint('usage')\n```") for d in mb_docs]
     backend = Replay(he + mb)
     out = evaluate(None, ["humaneval_instruct", "mbpp_instruct"], opts, tokenizer=chat_tok, backend=backend,
                    out_dir=tmp_path / "run", progress=False)
     he_ok = _canonical_passes("humaneval", he_docs, lambda d: d["canonical_solution"])
     mb_ok = _canonical_passes("mbpp", mb_docs, lambda d: d["code"])
-    assert sum(he_ok) >= N_CODE - 2 and sum(mb_ok) >= N_CODE - 4  # the canonical solutions themselves
+    # the canonical solutions themselves: all of HumanEval; MBPP's few that fail on their own (a test needing
+    # test_setup_code, one slower than the sandbox's 3 s) are left out of the comparison, not of the run
+    assert sum(he_ok) >= len(he_docs) - 2 and sum(mb_ok) >= 0.98 * len(mb_docs), (sum(he_ok), sum(mb_ok))
     for name, ok in (("humaneval_instruct", he_ok), ("mbpp_instruct", mb_ok)):
         rows = [json.loads(x) for x in (tmp_path / "run" / f"samples_{name}.jsonl").read_text().splitlines()]
-        assert [r["pass@1"] for r in rows if ok[r["doc_id"]]] == [1.0] * sum(ok), name
+        assert len(rows) == len(ok), name
+        failed = [r["doc_id"] for r in rows if ok[r["doc_id"]] and r["pass@1"] != 1.0]
+        assert failed == [], (name, failed)
     assert out["backend"] == {"class": "Replay"}
     # the prompt is the chat template's, with the gen_prefix opening the assistant's turn
     first = backend.prompts[0]

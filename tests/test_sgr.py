@@ -106,6 +106,14 @@ def test_chat_template_teacher(tmp_path, alpaca):
     assert all(len(tok(render_prompt(tok, r["messages"]))["input_ids"]) <= 80 for r in rows)
     with pytest.raises(UsageError, match="length filter"):
         generate_sgr(str(path), str(alpaca), tmp_path / "none.jsonl", num=2, max_prompt_tokens=5, **GEN)
+    assert all(r["messages"][0] == {"role": "system", "content": "You are a helpful assistant."} for r in rows)
+    # the system prompt the model is evaluated with opens every conversation; rows keep it for healing
+    own = tmp_path / "own.jsonl"
+    generate_sgr(str(path), str(alpaca), own, num=2, system_prompt="You are a careful tutor.", **GEN)
+    assert [r["messages"][0]["content"] for r in read_jsonl(own)] == ["You are a careful tutor."] * 2
+    assert read_jsonl(own)[0]["provenance"]["system_prompt"] == "You are a careful tutor."
+    with pytest.raises(UsageError, match="different system_prompt"):  # a resume must not mix prompts
+        generate_sgr(str(path), str(alpaca), own, num=3, **GEN)
 
 
 def test_bad_input(tmp_path, teacher, alpaca, capsys):

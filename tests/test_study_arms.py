@@ -82,3 +82,16 @@ def test_report_names_the_best_arm_and_its_ties():
     assert table[2] == [
         ["33% (4)", "classification", "linear (bi)", "80 [75, 85]", "above every other arm"],
         ["33% (4)", "generative", "kd (bi)", "60 [50, 70]", "cannot tell from sgr"]]
+
+
+def test_sgr_prompts_open_with_the_models_own_system_prompt(tmp_path):
+    def sgr_params(**model):
+        raw = yaml.safe_load(TINY.read_text())
+        raw["models"][0].update(model)
+        path = tmp_path / "s.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        return next(s.params for s in make_plan(load_study_config(path)).steps if s.kind == "sgr")
+
+    assert "system_prompt" not in sgr_params()  # the paper's default; the step as before
+    assert "system_prompt" not in sgr_params(chat_template=True)
+    assert sgr_params(chat_template=True, system_prompt="Be brief.")["system_prompt"] == "Be brief."

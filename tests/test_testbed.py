@@ -130,6 +130,11 @@ def test_prompt_pool_covers_every_skill_and_cli_writes_it(tmp_path):
     assert all(set(r) == {"instruction", "input", "output"} and r["output"] for r in rows)
     for marker in ("capital", "larger", "kind of thing", "Compute", "Python function", "Close the brackets"):
         assert sum(marker in r["instruction"] for r in rows) >= 5, marker
+    # the demo's pool: 512 distinct instructions (SGR keeps one row per prompt), though two skills have ~40 each
+    big = prompt_pool(512, seed=1234)
+    assert len({r["instruction"] for r in big}) == 512
+    for marker in ("larger", "Compute", "Python function", "Close the brackets"):  # they make up the difference
+        assert sum(marker in r["instruction"] for r in big) > 512 // 6, marker
     out = tmp_path / "pool.jsonl"
     assert main(["testbed", "prompts", "--out", str(out), "--num", "12"]) == 0
     assert [json.loads(line) for line in out.read_text().splitlines()] == prompt_pool(12)

@@ -5,7 +5,7 @@ import time
 from layerprune.study.demo import run_demo
 
 NAME = "demo"
-HELP = "run the whole study offline on the packaged testbed model and write its report (~10 min on 2 CPU cores; --quick: ~1 min)"
+HELP = "run the whole study offline on the packaged testbed model and write its report (~13 min on 2 CPU cores; --quick: ~1 min)"
 
 
 def add_arguments(p):

@@ -1,6 +1,7 @@
 """layerprune sgr TEACHER --prompts SPEC --out FILE.jsonl"""
 
 from layerprune.commands._args import add_engine_arguments, engine_settings
+from layerprune.healing.chat import SYSTEM_PROMPT
 from layerprune.healing.sgr import generate_sgr
 
 NAME = "sgr"
@@ -27,6 +28,9 @@ def add_arguments(p):
                    help="skip prompts whose templated length exceeds this many tokens")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: the checkpoint's)")
     p.add_argument("--device", default="auto", help="auto (accelerate's device per process) | cpu")
+    p.add_argument("--system-prompt", default=SYSTEM_PROMPT,
+                   help=f"system turn of every prompt without one (default, the paper's: {SYSTEM_PROMPT!r}); use "
+                        "the one the model is evaluated with")
     p.add_argument("--overwrite", action="store_true", help="discard existing rows in --out and start over")
     add_engine_arguments(p)
 
@@ -37,7 +41,7 @@ def run(args) -> int:
                      temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, batch_size=args.batch_size,
                      max_prompt_tokens=args.max_prompt_tokens, dtype=args.dtype, device=args.device,
                      overwrite=args.overwrite, allow_fewer=args.allow_fewer, engine=args.engine,
-                     engine_settings=engine_settings(args))
+                     engine_settings=engine_settings(args), system_prompt=args.system_prompt)
     if s["is_main"]:
         print(f"{s['selected']} prompts: {s['already_done']} already done, {s['generated']} generated → {s['out']}")
     return 0

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -308,24 +309,44 @@ def _make_llm(vllm, path: str, s: VLLMSettings, dtype: str, max_model_len: int, 
                   enforce_eager=s.enforce_eager or s.layer_skipping, generation_config="auto")
     if s.layer_skipping:  # a compiled graph or a cached prefix would keep the old layer set
         kwargs["enable_prefix_caching"] = False
-    # not under accelerate/torchrun: vLLM's in-process worker would take over (and at shutdown destroy) the
+    # not under accelerate/torchrun: vLLM's in-process engine would take over (and at shutdown destroy) the
     # default torch.distributed group that layerprune's processes synchronise with
     in_process = s.in_process if s.in_process is not None else (
         _is_cpu_build() and s.tensor_parallel_size == 1 and not torch.distributed.is_initialized())
+    env = {}  # set while the engine starts (its processes inherit them), then restored: a later engine, or
+    # a process this one launches, must not run in process by accident
     if in_process:
         if s.tensor_parallel_size != 1:
             raise UsageError("the in-process vLLM engine runs one worker; use --tensor-parallel-size 1")
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         kwargs["distributed_executor_backend"] = "uni"
-    elif s.layer_skipping:  # apply_model pickles a function over to the worker processes (all local)
-        os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
+    elif torch.distributed.is_initialized():  # engine processes spawned, not forked: a fork would inherit (and
+        env.update(VLLM_ENABLE_V1_MULTIPROCESSING="1", VLLM_WORKER_MULTIPROC_METHOD="spawn")  # destroy) our group
+    if s.layer_skipping and not in_process:  # apply_model pickles a function over to the worker processes
+        os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # (read when it sends one: kept set)
     if s.gpu_memory_utilization is not None:
         kwargs["gpu_memory_utilization"] = s.gpu_memory_utilization
     try:
-        return vllm.LLM(**kwargs)
+        with _environment(env):
+            return vllm.LLM(**kwargs)
     except (ValueError, RuntimeError, NotImplementedError, AssertionError, TypeError) as err:
         first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
         raise UsageError(f"vLLM cannot run {path}: {first}") from None
+
+
+@contextmanager
+def _environment(values: dict[str, str]):
+    """os.environ with `values` set inside the block, as it was after."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 class _Skip(torch.nn.Module):

@@ -21,11 +21,11 @@ def has_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def with_system(messages: list[dict]) -> list[dict]:
-    """Prepend the paper's system prompt unless the conversation brings its own."""
+def with_system(messages: list[dict], system: str = SYSTEM_PROMPT) -> list[dict]:
+    """Prepend `system` (default: the paper's system prompt) unless the conversation brings its own."""
     if messages and messages[0]["role"] == "system":
         return list(messages)
-    return [{"role": "system", "content": SYSTEM_PROMPT}, *messages]
+    return [{"role": "system", "content": system}, *messages]
 
 
 def effective_messages(tokenizer, messages: list[dict]) -> list[dict]:

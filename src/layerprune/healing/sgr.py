@@ -28,13 +28,14 @@ from pathlib import Path
 
 from layerprune.errors import UsageError
 from layerprune.healing import process_state
-from layerprune.healing.chat import has_template, render_prompt, stop_strings, with_system
+from layerprune.healing.chat import SYSTEM_PROMPT, has_template, render_prompt, stop_strings, with_system
 from layerprune.healing.prompts import Prompt, load_prompts, select
 from layerprune.provenance import fingerprint_source, write_text
 
 CHUNKS_PER_WRITE = 4  # batches answered between two appends to the part file (the resume granularity)
-_MATCH_KEYS = ("teacher_fingerprint", "temperature", "top_p", "top_k", "max_new_tokens", "seed", "engine")
-_OLD_ROWS = {"engine": "hf"}  # rows written before a key existed
+_MATCH_KEYS = ("teacher_fingerprint", "temperature", "top_p", "top_k", "max_new_tokens", "seed", "engine",
+               "system_prompt")
+_OLD_ROWS = {"engine": "hf", "system_prompt": SYSTEM_PROMPT}  # rows written before a key existed
 
 
 def sample_seed(seed: int, pid: str) -> int:
@@ -45,9 +46,12 @@ def generate_sgr(teacher: str, prompts: str, out: str | Path, num: int | None = 
                  shuffle_seed: int = 42, max_new_tokens: int = 8192, temperature: float = 0.9, top_p: float = 0.95,
                  top_k: int = 0, batch_size: int = 8, max_prompt_tokens: int | None = None, dtype: str | None = None,
                  device: str = "auto", overwrite: bool = False, process_group_timeout_s: int = 7200,
-                 allow_fewer: bool = False, engine: str = "hf", engine_settings=None) -> dict:
+                 allow_fewer: bool = False, engine: str = "hf", engine_settings=None,
+                 system_prompt: str = SYSTEM_PROMPT) -> dict:
     """Answer `num` prompts of `prompts` with `teacher`, append to `out` (JSONL); return a summary.
-    `engine="vllm"` samples with vLLM (`engine_settings`: a `VLLMSettings`); rows record the engine."""
+    `engine="vllm"` samples with vLLM (`engine_settings`: a `VLLMSettings`); rows record the engine.
+    `system_prompt` opens every conversation that has no system turn of its own (default: the paper's); the
+    rows keep it in their messages, so healing trains on the prompt the teacher saw."""
     from layerprune.evaluation.vllm_backend import check_engine
     from layerprune.loading import load_model
 
@@ -73,11 +77,13 @@ def generate_sgr(teacher: str, prompts: str, out: str | Path, num: int | None = 
     params = {"teacher": teacher, "teacher_fingerprint": fingerprint_source(teacher, model),
               "temperature": temperature, "top_p": top_p, "top_k": top_k, "max_new_tokens": max_new_tokens,
               "process_group_timeout_s": process_group_timeout_s,
-              "seed": seed, "shuffle_seed": shuffle_seed, "engine": engine, "engine_settings": engine_info}
+              "seed": seed, "shuffle_seed": shuffle_seed, "engine": engine, "engine_settings": engine_info,
+              "system_prompt": system_prompt}
     keep = None
     if max_prompt_tokens is not None:
         def keep(p: Prompt) -> bool:
-            return len(tok(render_prompt(tok, with_system(list(p.messages))))["input_ids"]) <= max_prompt_tokens
+            text = render_prompt(tok, with_system(list(p.messages), system_prompt))
+            return len(tok(text)["input_ids"]) <= max_prompt_tokens
     chosen = select(pool, num, shuffle_seed, keep, allow_fewer=allow_fewer)
     done = _existing(out, params)
     state.wait_for_everyone()  # every process reads what is done before any process appends more
@@ -150,7 +156,7 @@ def _answer(model, tok, prompts: list[Prompt], params: dict, batch_size: int, pa
     bar = tqdm(total=len(prompts), desc=f"sgr [{part.name}]", unit="prompt", disable=not prompts)
     for start in range(0, len(prompts), step):
         chunk = prompts[start : start + step]
-        messages = [with_system(list(p.messages)) for p in chunk]
+        messages = [with_system(list(p.messages), params["system_prompt"]) for p in chunk]
         requests = [GenerationRequest(context=render_prompt(tok, m), until=stops,
                                       max_new_tokens=params["max_new_tokens"], temperature=params["temperature"],
                                       top_p=params["top_p"], top_k=params["top_k"],

@@ -141,9 +141,12 @@ class TrainConfig(_Strict):
     process_group_timeout_s: int = Field(_H.process_group_timeout_s, ge=60,
                                          description="collective timeout under accelerate launch (torch: 10 min)")
     keep_truncated: bool = Field(_H.keep_truncated, description="train on SGR responses cut at max_new_tokens too")
+    processes: int = Field(1, ge=1, description="processes per heal step: DDP under accelerate launch on the step's "
+                                                "devices (give Ray's heal steps as many GPUs); effective batch = "
+                                                "batch_size × grad_accum × processes")
 
     def heal_config(self, response_field: str, seed: int) -> HealConfig:
-        fields = self.model_dump()
+        fields = self.model_dump(exclude={"processes"})
         fields["max_steps"] = -1 if self.max_steps is None else self.max_steps
         return HealConfig(**fields, response_field=response_field, seed=seed)
 

@@ -1,6 +1,6 @@
 """`layerprune demo`: the study of `demo.yaml` on the packaged testbed model, offline, on a CPU.
 
-    report = run_demo("layerprune-demo")          # ≈ 15 min on 2 cores; quick=True ≈ a few minutes
+    report = run_demo("layerprune-demo")          # ≈ 13 min on 2 cores; quick=True ≈ 1 minute
 
 The demo writes its inputs (calibration text from the testbed corpus, the SGR prompt pool) under OUT/inputs,
 runs the study with OUT as its root (rerun to resume) and returns the report path.

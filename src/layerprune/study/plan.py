@@ -204,6 +204,8 @@ def _heal_step(b: _Builder, cfg: StudyConfig, m: ModelConfig, arm, tag: str, pru
         if arm.kind == "linear":
             return linear
         pruned = linear  # linear+sgr: SFT on SGR from the repaired model
+    if train.get("processes") == 1:  # one process: the step's identity as before the option existed
+        train = {k: v for k, v in train.items() if k != "processes"}
     params = {"arm": "sgr" if arm.kind == "linear+sgr" else arm.kind, "responses": arm.responses,
               "train": train, "seed": cfg.seed, "chat_template": m.chat_template}
     if arm.kind == "kd":
@@ -241,13 +243,17 @@ def _healing_data(b: _Builder, cfg: StudyConfig, m: ModelConfig, src: str) -> di
         return {}
     # a token limit is measured with the model's tokenizer, so the pool is then per model
     per_model = cfg.healing.prompts.max_prompt_tokens is not None
+    # SGR prompts open with the system prompt the model is evaluated with (the paper's when none is set);
+    # set only when given, so studies without one keep their steps
+    system = {"system_prompt": m.system_prompt} if m.chat_template and m.system_prompt is not None else {}
     pool = b.add("prompts", f"prompts {m.name}" if per_model else "prompts",
-                 {"prompts": cfg.healing.prompts.model_dump(), "seed": cfg.seed}, (src,) if per_model else ())
+                 {"prompts": cfg.healing.prompts.model_dump(), "seed": cfg.seed, **(system if per_model else {})},
+                 (src,) if per_model else ())
     out = {"original": pool}
     if "sgr" in needs:  # one SGR set per teacher: the unpruned model answers the pool
         out["sgr"] = b.add("sgr", f"sgr {m.name}", {"sgr": cfg.healing.sgr.model_dump(), "seed": cfg.seed,
-                                                    "chat_template": m.chat_template, **_engine(cfg, "sgr")},
-                                  (src, pool))
+                                                    "chat_template": m.chat_template, **_engine(cfg, "sgr"),
+                                                    **system}, (src, pool))
     return out
 
 

@@ -60,17 +60,19 @@ def scaling_figure(summary: dict, model: str) -> Figure | None:
 
 
 def scaling_table(summary: dict) -> list[Block]:
-    """Per variant and task: pass@1, pass@N, maj@N (%), and the scaling gap in points [CI]."""
+    """Per variant and task: pass@1, pass@N, maj@N (%); the variant's scaling gap in points [CI] (one number
+    over its generative tasks, study/scaling.py) on its first row."""
     body = []
     for r in summary.get("scaling", []):
         gap = r.get("gap")
-        for task, c in r["tasks"].items():
+        for i, (task, c) in enumerate(r["tasks"].items()):
             n = max(c["pass"], key=int)
             maj = c.get("maj", {}).get(n)
             body.append([r["model"], variant_name(r), task, f"{100 * c['pass']['1']:.0f}", f"{100 * c['pass'][n]:.0f}",
-                         "" if maj is None else f"{100 * maj:.0f}", n, cell(gap, signed=True) if gap else ""])
-    return [("table", ["model", "variant", "task", "pass@1", "pass@N", "maj@N", "N", "scaling gap (points)"],
-             body)] if body else []
+                         "" if maj is None else f"{100 * maj:.0f}", n,
+                         cell(gap, signed=True) if gap and i == 0 else ""])
+    head = ["model", "variant", "task", "pass@1", "pass@N", "maj@N", "N", "scaling gap (points, mean over tasks)"]
+    return [("table", head, body)] if body else []
 
 
 # ---- length and cost per answer ----

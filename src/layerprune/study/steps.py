@@ -153,8 +153,10 @@ def run_prompts(ctx, out: Path) -> None:
         source = str(_renamed(source, pr["fields"], ctx.work / "renamed.jsonl"))
     info: dict = {"source": pr["source"]}
     pool = load_prompts(source, info)
-    chosen = select(pool, pr["num"], ctx.step.params["seed"], keep=_token_limit(ctx, pr["max_prompt_tokens"]),
-                    allow_fewer=pr["allow_fewer"], stats=info)
+    from layerprune.healing.chat import SYSTEM_PROMPT
+
+    keep = _token_limit(ctx, pr["max_prompt_tokens"], ctx.step.params.get("system_prompt", SYSTEM_PROMPT))
+    chosen = select(pool, pr["num"], ctx.step.params["seed"], keep=keep, allow_fewer=pr["allow_fewer"], stats=info)
     lines = [json.dumps({"id": p.id, "messages": list(p.messages) + (
         [{"role": "assistant", "content": p.original}] if p.original is not None else [])}) for p in chosen]
     (out / "prompts.jsonl").write_text("\n".join(lines) + "\n")
@@ -162,7 +164,7 @@ def run_prompts(ctx, out: Path) -> None:
                                                   "seed": ctx.step.params["seed"]}, indent=2))
 
 
-def _token_limit(ctx, limit: int | None):
+def _token_limit(ctx, limit: int | None, system: str):
     """Keep prompts whose rendered text (system prompt and chat template, as SGR shows it) fits `limit` tokens of
     the model's tokenizer (the step's dependency when a limit is set)."""
     if limit is None:
@@ -174,7 +176,7 @@ def _token_limit(ctx, limit: int | None):
     tok = load_tokenizer(model_path(ctx.input(0)))
     if tok is None:
         raise UsageError("healing.prompts.max_prompt_tokens needs the model's tokenizer; save one with the model")
-    return lambda p: len(tok(render_prompt(tok, with_system(list(p.messages))))["input_ids"]) <= limit
+    return lambda p: len(tok(render_prompt(tok, with_system(list(p.messages), system)))["input_ids"]) <= limit
 
 
 def _renamed(source: str, fields: dict[str, str], dest: Path) -> Path:
@@ -188,6 +190,7 @@ def _renamed(source: str, fields: dict[str, str], dest: Path) -> Path:
 
 def run_sgr(ctx, out: Path) -> None:
     """The unpruned model answers the pool; generated into the work dir so a crash resumes mid-way."""
+    from layerprune.healing.chat import SYSTEM_PROMPT
     from layerprune.healing.sgr import generate_sgr
 
     sgr, p = ctx.step.params["sgr"], ctx.step.params
@@ -196,13 +199,13 @@ def run_sgr(ctx, out: Path) -> None:
                  shuffle_seed=p["seed"], max_new_tokens=sgr["max_new_tokens"], temperature=sgr["temperature"],
                  top_p=sgr["top_p"], batch_size=sgr["batch_size"], device=ctx.cfg.device,
                  process_group_timeout_s=sgr["process_group_timeout_s"],
-                 dtype=model_dtype(ctx.input(0)), engine=_engine(ctx)[0], engine_settings=_engine(ctx)[1])
+                 dtype=model_dtype(ctx.input(0)), engine=_engine(ctx)[0], engine_settings=_engine(ctx)[1],
+                 system_prompt=p.get("system_prompt", SYSTEM_PROMPT))
     os.replace(work_file, out / "sgr.jsonl")
 
 
 def run_heal(ctx, out: Path) -> None:
     """Train in the work dir (trainer checkpoints survive a crash), then move the healed model into place."""
-    from layerprune.healing.sft import heal
     from layerprune.study.config import TrainConfig
 
     p = ctx.step.params
@@ -215,15 +218,31 @@ def run_heal(ctx, out: Path) -> None:
     data_dir = ctx.input(1)
     data = data_dir / ("sgr.jsonl" if (data_dir / "sgr.jsonl").exists() else "prompts.jsonl")
     field = "response" if p["responses"] == "sgr" else "original"
-    config = TrainConfig.model_validate(p["train"]).heal_config(field, p["seed"])
-    if not (target / "healing.json").exists() and p["arm"] == "kd":
-        from layerprune.healing.kd import KDConfig, distill
+    train = TrainConfig.model_validate(p["train"])
+    config = train.heal_config(field, p["seed"])
+    if not (target / "healing.json").exists():
+        call = dict(model=model_path(ctx.input(0)), data=data, out=target, config=config, overwrite=target.exists())
+        if p["arm"] == "kd":
+            from layerprune.healing.kd import KDConfig
 
-        kd = KDConfig(teacher=model_path(ctx.input(2)), student=config.mode, **p["kd"])
-        distill(model_path(ctx.input(0)), data, target, config, kd, overwrite=target.exists())
-    elif not (target / "healing.json").exists():
-        heal(model_path(ctx.input(0)), data, target, config, overwrite=target.exists())
+            call["kd"] = KDConfig(teacher=model_path(ctx.input(2)), student=config.mode, **p["kd"])
+        _train("distill" if p["arm"] == "kd" else "heal", call, train.processes, ctx.work)
     os.replace(target, out / "model")
+
+
+def _train(fn: str, call: dict, processes: int, work: Path) -> None:
+    """heal/distill in this process, or as DDP under `accelerate launch` (study/launch.py)."""
+    if processes > 1:
+        from layerprune.study.launch import train_in_processes
+
+        return train_in_processes(fn, call, processes, work / "launch.log")
+    if fn == "distill":
+        from layerprune.healing.kd import distill
+
+        return distill(**call)
+    from layerprune.healing.sft import heal
+
+    return heal(**call)
 
 
 def _repair(ctx, target: Path) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 from layerprune import provenance
 from layerprune.errors import UsageError
 from layerprune.evaluation.tasks.probes import bracket_item
-from layerprune.testbed.tasks import GENERATORS, items
+from layerprune.testbed.tasks import GENERATORS
 
 SYSTEM_PROMPT = "You are a helpful assistant."  # what SGR prepends (healing.chat.SYSTEM_PROMPT)
 # share of each skill in the training stream; facts get more since they must be memorized
@@ -69,16 +69,38 @@ def tokenizer_sample(seed: int, n: int = 6000) -> list[str]:
 
 
 def prompt_pool(num: int, seed: int = 0) -> list[dict[str, str]]:
-    """Alpaca-style rows over all skills, in equal shares, for `layerprune sgr` / healing."""
+    """`num` Alpaca-style rows over all skills in equal shares, for `layerprune sgr` / healing. Instructions are
+    unique (SGR keeps one row per prompt); a skill with fewer distinct items (facts, category: ~40 each) gives
+    what it has and the others make up the difference."""
     kinds = [*GENERATORS, "brackets"]
-    rows = []
-    for i, kind in enumerate(kinds):
-        share = num // len(kinds) + (i < num % len(kinds))
-        rnd = random.Random(f"testbed-brackets-pool-{seed}")
-        found = items(kind, seed, share, split="pool") if kind != "brackets" else [bracket_row(rnd) for _ in range(share)]
-        rows += [{"instruction": it["instruction"], "input": "", "output": it["output"]} for it in found]
+    streams = {k: _distinct(k, random.Random(f"testbed-{k}-pool-{seed}")) for k in kinds}
+    picked: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+    open_kinds = list(kinds)
+    while open_kinds and sum(map(len, picked.values())) < num:
+        for kind in list(open_kinds):  # round robin: equal shares while every skill has items left
+            if sum(map(len, picked.values())) == num:
+                break
+            it = next(streams[kind], None)
+            if it is None:
+                open_kinds.remove(kind)
+            else:
+                picked[kind].append({"instruction": it["instruction"], "input": "", "output": it["output"]})
+    rows = [r for k in kinds for r in picked[k]]
     random.Random(f"testbed-pool-{seed}").shuffle(rows)
     return rows
+
+
+def _distinct(kind: str, rnd: random.Random, patience: int = 2000) -> Iterator[dict[str, Any]]:
+    """Items of `kind` with instructions not seen before; ends after `patience` draws bring nothing new."""
+    seen, misses = set(), 0
+    while misses < patience:
+        it = _item(kind, rnd)
+        if it["instruction"] in seen:
+            misses += 1
+            continue
+        seen.add(it["instruction"])
+        misses = 0
+        yield it
 
 
 def write_prompt_pool(out: str | Path, num: int, seed: int = 0) -> int:
