@@ -134,4 +134,5 @@ def test_generative_tasks_equal_lm_eval(chat_model, tmp_path):
     opened = {"qwen2.5-7b-instruct": "<|im_start|>assistant\n", "mistral-7b-instruct-v0.3": "[/INST]",
               "llama-3.1-8b-instruct": "<|start_header_id|>assistant<|end_header_id|>\n\n"}[name]
     context = samples["humaneval_instruct"][0]["context"]  # gen_prefix opens the assistant's turn
-    assert context.count(opened + "Here is the completed function:\n```python\n") == 1, context[-300:]
+    assert context.count(opened) == 1 and context.split(opened)[1].lstrip().startswith(
+        "Here is the completed function:\n```python\n"), context[-300:]
