@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from layerprune.cli import main
 from layerprune.errors import UsageError

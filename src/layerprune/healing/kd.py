@@ -29,7 +29,7 @@ from pathlib import Path
 from layerprune.errors import UsageError
 from layerprune.healing import process_state, sft
 from layerprune.healing.chat import build_dataset, fit_to_length, read_rows
-from layerprune.provenance import atomic_dir, check_out_dir, fingerprint_source, read_json
+from layerprune.provenance import check_out_dir, fingerprint_source, read_json
 
 STUDENTS = ("lora", "qlora", "full")
 
@@ -78,19 +78,11 @@ def distill(model: str, data: str | Path, out: str | Path, config: sft.HealConfi
         if state.is_main_process and sft._last_checkpoint(work) is None:
             shutil.rmtree(work, ignore_errors=True)
         raise
-    final = work / "final"
-    trainer.save_model(str(final))
+    trainer.save_model(str(work / "final"))  # every rank: FSDP/ZeRO-3 gather shards collectively
     record = sft._record(model, fingerprint, data, config, trainer, result, rows, {**stats, **lengths}, resume,
                          state)
     record.update(arm="kd", student=kd.student, teacher=teacher_record, kd=_kd_record(kd))
-    quantized = sft._quantized_linears(trainer.model) if config.mode == "qlora" else None
-    if state.is_main_process:
-        with atomic_dir(out, overwrite) as tmp:
-            sft._write_model(model, final, tmp, config, tok, quantized)  # QLoRA: merged into the dequantised NF4
-            sft._write_records(model, trainer, record, tmp)
-        shutil.rmtree(work, ignore_errors=True)
-    state.wait_for_everyone()
-    return record
+    return sft.publish(model, trainer, record, config, tok, work, out, overwrite, state)
 
 
 def _check_kd(kd: KDConfig) -> None:

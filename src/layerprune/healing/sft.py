@@ -92,14 +92,20 @@ def heal(model: str, data: str | Path, out: str | Path, config: HealConfig | Non
         if state.is_main_process and _last_checkpoint(work) is None:
             shutil.rmtree(work, ignore_errors=True)  # nothing to resume from: leave no trace
         raise
-    final = work / "final"
-    trainer.save_model(str(final))  # every rank: FSDP/ZeRO-3 gather shards collectively
-    quantized = _quantized_linears(trainer.model) if config.mode == "qlora" else None
+    trainer.save_model(str(work / "final"))  # every rank: FSDP/ZeRO-3 gather shards collectively
     record = _record(model, fingerprint, data, config, trainer, result, rows, {**data_stats, **lengths}, resume,
                      state)
+    return publish(model, trainer, record, config, tok, work, out, overwrite, state)
+
+
+def publish(model: str, trainer, record: dict, c: HealConfig, tok, work: Path, out: Path, overwrite: bool,
+            state) -> dict:
+    """Rank 0 writes the healed checkpoint (QLoRA: merged into the dequantised NF4 weights) and its records from
+    the model saved in `work/final`, atomically, then drops the work dir; every rank waits for it."""
+    quantized = _quantized_linears(trainer.model) if c.mode == "qlora" else None
     if state.is_main_process:
         with atomic_dir(out, overwrite) as tmp:
-            _write_model(model, final, tmp, config, tok, quantized)
+            _write_model(model, work / "final", tmp, c, tok, quantized)
             _write_records(model, trainer, record, tmp)
         shutil.rmtree(work, ignore_errors=True)
     state.wait_for_everyone()
