@@ -10,8 +10,12 @@ OMP_NUM_THREADS=1; the local run is set to match), so the ratio measures running
 Identical means: every results.json and scores.json equal but for timings and the model's path (which names its
 study root), every SGR row equal but for the teacher's path, every samples_*.jsonl and prompts.jsonl byte-equal.
 
-Measured (2 shared CPU cores, other jobs running, configs/ci/tiny.yaml, 35 steps): local 276.7 s, Ray 147.4 s,
-1.88x; critical path 64.9 s (4.26x at most); identical outputs.
+Measured, configs/ci/tiny.yaml (35 steps), identical outputs every time:
+  quiet 2-core machine: 36.0 s vs 24.7 s = 1.46x (steps of ~1 s: each Ray worker's start-up and imports, which
+  the local run paid before its clock started, weigh); --eval-limit 32 --train-steps 16: 52.8 s vs 33.5 s = 1.58x;
+  --eval-limit 64 --train-steps 32: 63.3 s vs 37.6 s = 1.69x (critical path 11.4 s).
+  2 cores shared with other jobs: 276.7 s vs 147.4 s = 1.88x.
+`.ci/run` runs the default for its identical-outputs check.
 """
 
 from __future__ import annotations
@@ -69,6 +73,8 @@ def main() -> int:
     p.add_argument("--config", default=str(REPO / "configs" / "ci" / "tiny.yaml"))
     p.add_argument("--out", default=None, help="folder for both study roots (default: a temp folder)")
     p.add_argument("--compare-only", action="store_true", help="only compare the two roots already under --out")
+    p.add_argument("--eval-limit", type=int, default=None, help="override eval.limit (heavier steps)")
+    p.add_argument("--train-steps", type=int, default=None, help="override healing.train.max_steps (heavier steps)")
     args = p.parse_args()
 
     import ray
@@ -79,6 +85,11 @@ def main() -> int:
     from layerprune.study.execute import run_study
 
     cfg = load_study_config(args.config)
+    if args.eval_limit is not None:  # steps of a few seconds, not ~1 s: Ray's per-worker start-up (imports) weighs less
+        cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"limit": args.eval_limit})})
+    if args.train_steps is not None:
+        train = cfg.healing.train.model_copy(update={"max_steps": args.train_steps})
+        cfg = cfg.model_copy(update={"healing": cfg.healing.model_copy(update={"train": train})})
     base = Path(args.config).resolve().parent
     out = Path(args.out or tempfile.mkdtemp(prefix="study-parallel-"))
     quiet = lambda _: None  # noqa: E731

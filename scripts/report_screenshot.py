@@ -1,7 +1,7 @@
 """Render a study's report.html in headless Chromium at 1280×800: the DOM as the browser built it, and a PNG of the
 first screen. Regenerates the README's screenshot (docs/report_first_screen.png) from a `layerprune demo` root:
 
-    layerprune demo --quick --out /tmp/demo && python scripts/report_screenshot.py /tmp/demo/report.html
+    layerprune demo --out /tmp/demo && python scripts/report_screenshot.py /tmp/demo/report.html
 
 Needs Debian's `chromium` (`apt-get install -y chromium`; `.ci/run` installs it). The browser gets a fresh profile,
 no network features, and loads only the local file (the report is self-contained).
