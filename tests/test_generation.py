@@ -143,6 +143,28 @@ def test_sampling_is_seeded_and_independent_of_batching(tiny):
     assert generate_batch(model, tokenizer, other_seed, batch_size=2) != first
 
 
+def test_nucleus_warper_keeps_what_transformers_top_p_keeps():
+    """The sort-free top-p keeps exactly the ids (and scores) of transformers' `TopPLogitsWarper` on peaked rows
+    (nucleus among the candidates), flat rows (its fallback) and rows a top-k already cut."""
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    from layerprune.evaluation.decoding import NucleusWarper
+
+    gen = torch.Generator().manual_seed(0)
+    paths = torch.zeros(3, dtype=torch.long)  # rows settled among 64 candidates, among 512, by the full sort
+    for sharpness in (0.3, 1.0, 3.0, 4.0, 5.0, 6.0, 10.0, 30.0):
+        for top_p in (0.5, 0.9, 0.95, 0.99):
+            scores = torch.randn(32, 32_768, generator=gen) * sharpness  # (n, V) fp32
+            for cut in (None, 40):
+                x = scores if cut is None else TopKLogitsWarper(cut)(None, scores.clone())
+                want = TopPLogitsWarper(top_p)(None, x.clone())
+                got = NucleusWarper(top_p, candidates=(64, 512))(None, x.clone())
+                assert torch.equal(got, want), (sharpness, top_p, cut)
+                size = (~want.isinf()).sum(dim=-1)  # (n,) nucleus sizes
+                paths += torch.stack([(size < 64).sum(), ((size >= 64) & (size < 512)).sum(), (size >= 512).sum()])
+    assert bool((paths > 50).all()), f"every path should be exercised: {paths.tolist()}"
+
+
 def test_top_k_one_is_greedy(tiny):
     model, tokenizer = tiny
     sampled = generate_batch(model, tokenizer, [GenerationRequest(PROMPTS[0], max_new_tokens=MAX_NEW, temperature=1.0,

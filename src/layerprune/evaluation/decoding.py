@@ -15,7 +15,8 @@ So, as transformers' `_get_logits_processor` builds them and with transformers' 
   `eos_token_id`s.
 * sampled only, after those: temperature, top-k, top-p (always the request's own: a request carries them
   explicitly, so they win over the checkpoint's), then the checkpoint's `min_p`, `typical_p`,
-  `epsilon_cutoff`, `eta_cutoff`.
+  `epsilon_cutoff`, `eta_cutoff`. Top-p is `NucleusWarper`: transformers' rule without its full-vocabulary
+  sort (the one class here that is not transformers' own).
 
 Settings `generate` would honour that this engine does not implement (beam search, classifier-free guidance,
 watermarking, ...) raise a UsageError rather than being silently ignored.
@@ -36,6 +37,7 @@ from transformers.generation.logits_process import (
     ExponentialDecayLengthPenalty,
     ForcedEOSTokenLogitsProcessor,
     InfNanRemoveLogitsProcessor,
+    LogitsProcessor,
     LogitsProcessorList,
     MinLengthLogitsProcessor,
     MinNewTokensLengthLogitsProcessor,
@@ -174,7 +176,7 @@ class CheckpointSettings:
         if top_k:
             warps.append(TopKLogitsWarper(top_k))
         if top_p < 1.0:
-            warps.append(TopPLogitsWarper(top_p))
+            warps.append(NucleusWarper(top_p))
         if self.min_p is not None:
             warps.append(MinPLogitsWarper(self.min_p))
         if self.typical_p is not None:
@@ -188,6 +190,47 @@ class CheckpointSettings:
     def prompt_dependent(self) -> bool:
         """Whether the processors depend on a row's prompt length (then each row builds its own)."""
         return bool(self.min_new_tokens or self.exponential_decay_length_penalty or self.begin_suppress_tokens)
+
+
+class NucleusWarper(LogitsProcessor):
+    """Top-p with transformers' `TopPLogitsWarper` rule (drop the ids whose ascending cumulative probability,
+    their own included, is <= 1 - top_p; the top id always stays), without its full-vocabulary sort.
+
+    Why: that sort is the largest single cost of a sampled decode step on a CPU (16 × 32,768 scores: 25 ms,
+    against 2 ms for a top-256 and 6 ms for a top-4096). The nucleus is looked for among each row's most
+    likely ids, `candidates[0]` of them, then `candidates[1]` for the rows whose nucleus reached further, ...;
+    a row whose nucleus is larger still takes transformers' own warper. The masks are transformers' except
+    where a cumulative sum lies within float rounding (~1e-7) of 1 - top_p: the sums run in another order."""
+
+    def __init__(self, top_p: float, candidates: tuple[int, ...] = (256, 4096)):
+        self.top_p, self.candidates = top_p, candidates
+        self._full = TopPLogitsWarper(top_p)
+
+    def __call__(self, input_ids, scores: torch.Tensor) -> torch.Tensor:
+        out = torch.full_like(scores, -float("inf"))  # (n, V): only the nucleus will survive
+        probs = scores.softmax(dim=-1)  # (n, V)
+        rows = torch.arange(scores.shape[0], device=scores.device)  # rows still looking for their nucleus
+        to_sort = []  # rows whose nucleus cannot fit among the next candidates: transformers' warper
+        for k, k_next in zip(self.candidates, self.candidates[1:] + (scores.shape[-1],)):
+            top, ids = probs[rows].topk(min(k, scores.shape[-1]), dim=-1)  # (r, k) descending
+            # ascending cumulative probability at each candidate, summed from the small end as transformers
+            # does (the mass below the candidates, then the candidates upwards): no 1 - (sum of the top)
+            below = probs[rows].scatter(1, ids, 0.0).sum(dim=-1, keepdim=True)  # (r, 1)
+            keep = below + top.flip(-1).cumsum(dim=-1).flip(-1) > 1 - self.top_p  # (r, k)
+            keep[:, 0] = True
+            done = ~keep[:, -1]  # (r,) the k-th id dropped: so is every id below it
+            kept = scores[rows[done]].gather(1, ids[done]).masked_fill(~keep[done], -float("inf"))  # (d, k)
+            out[rows[done]] = out[rows[done]].scatter_(1, ids[done], kept)
+            rows, top = rows[~done], top[~done]
+            # k_next candidates hold at most this much (no id below the k-th weighs more than it); 0.999: margin
+            # for float32 sums. A row that cannot reach top_p there goes straight to the sort.
+            reach = top.sum(dim=-1) + top[:, -1] * (k_next - top.shape[-1])  # (r,)
+            to_sort.append(rows[reach < 0.999 * self.top_p])
+            rows = rows[reach >= 0.999 * self.top_p]
+        rows = torch.cat(to_sort + [rows])
+        if len(rows):
+            out[rows] = self._full(None, scores[rows])
+        return out
 
 
 def _as_bias(items) -> dict | list:
