@@ -1,14 +1,15 @@
 """5-shot GSM8K as a user runs it: `lm_eval` and `layerprune eval` as whole processes, wall clock, default threads.
 
     python benchmarks/gsm8k_wallclock.py                       # 8 layers, hidden 256, 32k vocab; 24 docs, 64 tokens
-    python benchmarks/gsm8k_wallclock.py --repeats 3 --limit 24 --max-new-tokens 64 --batch-size 16
+    python benchmarks/gsm8k_wallclock.py --repeats 5 --limit 24 --max-new-tokens 64 --batch-size 16
 
 One random Llama (the sizes above; head rows beyond the 1024-token tokenizer zeroed so the text is real) is
 saved to a temporary directory; then each CLI runs with `--limit 1` and `--limit N` in fresh processes, with
-the machine's default torch threads. Start-up (imports, loading, task building) is subtracted: the time of
-a tool is (wall of limit N) - (wall of limit 1), the best of `--repeats` runs each (runs alternate between the
-tools, so load from other processes hits both alike). Prints both times, their ratio (lm-eval / ours), and
-how many of the N greedy generations are identical.
+the machine's default torch threads. Start-up (imports, loading, task building) is subtracted: in each
+repeat a tool's time is (wall of limit N) - (wall of limit 1), and the tool's figure is the median over
+`--repeats` (runs alternate between the tools, so load from other processes hits both alike; lm-eval's start-up
+alone varies by seconds on a shared machine, so one repeat says little). Prints every repeat, both medians,
+their ratio (lm-eval / ours), and how many of the N greedy generations are identical.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,7 +37,7 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--vocab", type=int, default=32000)
-    p.add_argument("--repeats", type=int, default=1, help="runs per tool and limit; the best is kept")
+    p.add_argument("--repeats", type=int, default=3, help="runs per tool and limit; the median difference is kept")
     args = p.parse_args()
 
     from eval_helpers import DATA_DIR, build_model, build_tokenizer, save_model, write_lmeval_gsm8k
@@ -62,32 +64,33 @@ def main() -> None:
                 "--batch-size", str(args.batch_size), "--max-new-tokens", str(args.max_new_tokens), "--device", "cpu",
                 "--dtype", "float32", "--data-dir", str(DATA_DIR), "--no-progress", "--out", str(out)]
 
-    best: dict[tuple[str, int], float] = {}
+    wall: dict[tuple[str, int, int], float] = {}
     for r in range(args.repeats):
         for limit in (1, args.limit):
             for tool in ("lm-eval", "ours"):
                 out = tmp / f"{tool}_{limit}_{r}"
                 t0 = time.perf_counter()
                 run = subprocess.run(command(tool, limit, out), env=env, capture_output=True, text=True)
-                wall = time.perf_counter() - t0
+                wall[tool, limit, r] = time.perf_counter() - t0
                 if run.returncode:
                     sys.exit(f"{tool} --limit {limit} failed:\n{run.stderr[-3000:]}")
-                best[tool, limit] = min(wall, best.get((tool, limit), float("inf")))
-                print(f"  run {r + 1}: {tool:8s} limit {limit:3d}: {wall:6.2f} s", flush=True)
+        print("  run " + str(r + 1) + ": " + ", ".join(
+            f"{tool} {wall[tool, args.limit, r]:.2f} - {wall[tool, 1, r]:.2f} = "
+            f"{wall[tool, args.limit, r] - wall[tool, 1, r]:.2f} s" for tool in ("lm-eval", "ours")), flush=True)
 
     ref = _lmeval_texts(tmp / f"lm-eval_{args.limit}_0", name)
     ours = [json.loads(line)["resps"][0]
             for line in (tmp / f"ours_{args.limit}_0" / "samples_gsm8k.jsonl").read_text().splitlines()]
     same = sum(a == b for a, b in zip(ref, ours))
-    t_ref = best["lm-eval", args.limit] - best["lm-eval", 1]
-    t_ours = best["ours", args.limit] - best["ours", 1]
     import torch
 
+    t_ref, t_ours = (statistics.median(wall[tool, args.limit, r] - wall[tool, 1, r] for r in range(args.repeats))
+                     for tool in ("lm-eval", "ours"))
     print(f"model: llama {args.layers} layers, hidden {args.hidden}, vocab {args.vocab}; 5-shot gsm8k, "
           f"{args.limit} docs, {args.max_new_tokens} new tokens, batch {args.batch_size}, "
           f"{torch.get_num_threads()} default threads")
-    print(f"lm-eval  {best['lm-eval', args.limit]:.2f} s - {best['lm-eval', 1]:.2f} s (limit 1) = {t_ref:.2f} s")
-    print(f"ours     {best['ours', args.limit]:.2f} s - {best['ours', 1]:.2f} s (limit 1) = {t_ours:.2f} s")
+    print(f"median over {args.repeats} repeats of (limit {args.limit}) - (limit 1): lm-eval {t_ref:.2f} s, "
+          f"ours {t_ours:.2f} s")
     print(f"identical generations: {same}/{len(ref)}; speedup (lm-eval / ours): {t_ref / t_ours:.2f}x")
 
 
