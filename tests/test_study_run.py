@@ -100,14 +100,20 @@ def test_second_executor_is_refused(reference, tmp_path, capsys):
     assert "another layerprune study is running" in capsys.readouterr().err
 
 
+def _finished(root: Path) -> set[str]:
+    """Published steps. A `.<id>.*` temp dir may already hold step.json: it is written just before the rename."""
+    steps = root / "steps"
+    return {d.name for d in steps.iterdir() if not d.name.startswith(".") and Store(root).is_done(d.name)} \
+        if steps.is_dir() else set()
+
+
 def _kill_after(cfg: Path, root: Path, done: int) -> None:
     """Start an executor, SIGKILL it once `done` steps have finished (or it ends by itself)."""
     proc = subprocess.Popen([sys.executable, "-m", "layerprune", "study", str(cfg), "--root", str(root), "--no-report"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline:
-        steps = root / "steps"
-        if steps.is_dir() and sum((d / "step.json").exists() for d in steps.iterdir()) >= done:
+        if len(_finished(root)) >= done:
             os.kill(proc.pid, signal.SIGKILL)
             break
         time.sleep(0.05)
@@ -118,7 +124,7 @@ def test_kill_minus_nine_then_resume(reference, tmp_path):
     cfg, ref_root = reference
     root = tmp_path / "crashy"
     _kill_after(cfg, root, 2)
-    first = {d.name for d in (root / "steps").iterdir() if (d / "step.json").exists()}
+    first = _finished(root)
     _kill_after(cfg, root, 7)
     assert main(["study", str(cfg), "--root", str(root), "--no-report"]) == 0
     assert _numbers(root) == _numbers(ref_root)
