@@ -6,7 +6,7 @@ side's peak resident memory above the post-setup level, the growth between lengt
     python benchmarks/bench_heal_memory.py [--vocab 152064] [--hidden 32] [--batch 2] [--lengths 32 160]
                                            [--tile 64 8192]
 
-Each (side, length) runs in its own subprocess (ru_maxrss is a process-wide high-water mark): one optimizer
+Each (side, length) runs in its own subprocess (peak RSS, VmHWM, reset just before the step): one optimizer
 step through `layerprune.healing.sft.build_trainer` on a tiny Qwen2 model. What to
 expect, by arithmetic: the plain side grows by at least B·ΔT·V·4 bytes (one fp32 copy of the logits; the
 log-softmax and its gradient add more), the fused side by O(B·ΔT·hidden) plus a fixed tile.
@@ -17,24 +17,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024  # kB
 
 
-def _current_rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _reset_peak_rss() -> None:
+    """Set the process's peak RSS (VmHWM) back to its current RSS (Linux ≥ 4.0), so the peak read after a
+    step is that step's own, not one left by imports or model set-up."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def child(plain: bool, vocab: int, hidden: int, batch: int, lengths: list[int], tile: list[int] | None) -> dict:
-    """One optimizer step per length (one length per process); the max-RSS rise over the level before it."""
+    """One optimizer step per length (one length per process); its peak RSS above the RSS before it."""
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
 
@@ -68,9 +70,10 @@ def child(plain: bool, vocab: int, hidden: int, batch: int, lengths: list[int], 
 
                 trainer.compute_loss_func = lambda outputs, labels, num_items_in_batch=None: ForCausalLMLoss(
                     outputs.logits, labels, vocab, num_items_in_batch=num_items_in_batch)
-            before = _current_rss_mb()
+            _reset_peak_rss()
+            before = _status_mb("VmRSS")
             trainer.train()
-            out[T] = round(_rss_mb() - before, 1)
+            out[T] = round(_status_mb("VmHWM") - before, 1)
         del trainer, net
     return out
 
